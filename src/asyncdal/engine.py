@@ -1,0 +1,134 @@
+"""Build the ``AsyncEngine`` with each backend's defaults.
+
+SQLite: WAL, ``foreign_keys=ON`` and a busy timeout on every connection, and SQLAlchemy's
+explicit-BEGIN recipe (the driver's own implicit transactions are switched off), so that a unit of
+work that writes starts with ``BEGIN IMMEDIATE`` and queues for the write lock up front, instead of
+upgrading a read lock later and failing with "database is locked".
+https://docs.sqlalchemy.org/en/20/dialects/sqlite.html#serializable-isolation-savepoints-transactional-ddl
+
+PostgreSQL: asyncpg with an ``application_name``, server-side timeouts sent at connect, a cheap
+liveness check on checkout, and the prepared-statement settings PgBouncer's transaction mode needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+from uuid import uuid4
+
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, StaticPool
+
+from .settings import DatabaseSettings
+
+#: Execution option naming how a SQLite transaction begins: "IMMEDIATE", "DEFERRED" or None
+#: (no BEGIN at all: every statement commits on its own, as read-only units of work use).
+SQLITE_BEGIN: Final = "asyncdal_sqlite_begin"
+
+
+def create_engine(
+    settings: DatabaseSettings, *, poolclass: type[Pool] | None = None
+) -> AsyncEngine:
+    """Build the engine for ``settings``; no connection is opened until first use.
+
+    ``poolclass=NullPool`` opens a fresh connection per checkout (benchmarks, forked workers).
+    """
+    kwargs: dict[str, Any] = {"echo": settings.echo, "hide_parameters": not settings.echo}
+    if settings.backend == "sqlite":
+        engine = _sqlite_engine(settings, poolclass, kwargs)
+    else:
+        engine = _postgres_engine(settings, poolclass, kwargs)
+    return engine
+
+
+def _pool_kwargs(settings: DatabaseSettings, poolclass: type[Pool] | None) -> dict[str, Any]:
+    if poolclass is not None:
+        return {"poolclass": poolclass}
+    return {
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_timeout": settings.pool_timeout,
+        "pool_recycle": -1 if settings.pool_recycle is None else settings.pool_recycle,
+        "pool_pre_ping": settings.pool_pre_ping,
+    }
+
+
+def _sqlite_engine(
+    settings: DatabaseSettings, poolclass: type[Pool] | None, kwargs: dict[str, Any]
+) -> AsyncEngine:
+    connect_args: dict[str, Any] = {"timeout": settings.sqlite_busy_timeout}
+    if settings.is_memory:
+        # One shared connection, or every checkout would see a different empty database.
+        kwargs["poolclass"] = StaticPool
+        connect_args["check_same_thread"] = False
+    else:
+        kwargs.update(_pool_kwargs(settings, poolclass))
+        kwargs.pop("pool_pre_ping", None)
+    engine = create_async_engine(settings.url, connect_args=connect_args, **kwargs)
+    journal = "MEMORY" if settings.is_memory else "WAL"
+    synchronous = settings.sqlite_synchronous
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Hand transaction control to SQLAlchemy: the driver must not emit BEGIN on its own.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA journal_mode={journal}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
+        if mode is not None:
+            connection.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _postgres_engine(
+    settings: DatabaseSettings, poolclass: type[Pool] | None, kwargs: dict[str, Any]
+) -> AsyncEngine:
+    server_settings = {"application_name": settings.application_name}
+    for name, value in (
+        ("statement_timeout", settings.statement_timeout),
+        ("lock_timeout", settings.lock_timeout),
+        ("idle_in_transaction_session_timeout", settings.idle_in_transaction_timeout),
+    ):
+        if value is not None:
+            server_settings[name] = str(max(1, round(value * 1000)))  # milliseconds
+    connect_args: dict[str, Any] = {
+        "server_settings": server_settings,
+        "timeout": settings.connect_timeout,
+    }
+    if settings.pgbouncer:
+        # PgBouncer in transaction mode hands each transaction to any server connection, where a
+        # named prepared statement may not exist: disable both statement caches and use unique
+        # names. https://docs.sqlalchemy.org/en/20/dialects/postgresql.html#prepared-statement-name-with-pgbouncer
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_cache_size"] = 0
+        connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid4()}__"
+    kwargs.update(_pool_kwargs(settings, poolclass))
+    engine = create_async_engine(settings.url, connect_args=connect_args, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _drop_dead_connection(
+        _dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any
+    ) -> None:
+        # asyncpg notices the server closing an idle pooled connection (pg_terminate_backend,
+        # restart) as soon as the loop reads the socket's EOF. Checking that flag costs nothing,
+        # unlike pre-ping's three round trips, and lets the pool replace the connection silently.
+        driver = record.driver_connection
+        if driver is not None and driver.is_closed():
+            raise exc.DisconnectionError("pooled connection was closed by the server")
+
+    return engine
+
+
+def nullpool_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """An engine that opens a new connection for every checkout (no pooling)."""
+    return create_engine(settings, poolclass=NullPool)

@@ -1,0 +1,299 @@
+"""``UnitOfWork``: one ``AsyncSession``, one transaction, always closed.
+
+A unit of work is **not safe to share between tasks**: like the ``AsyncSession`` inside it, it
+belongs to the task that entered it. Run concurrent work in separate units of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .errors import (
+    CommitOutcomeUnknownError,
+    ConnectionLostError,
+    QueryTimeoutError,
+    UnitOfWorkStateError,
+    translate,
+)
+from .repository import Repository
+
+if TYPE_CHECKING:
+    from ._writelock import WriteLock
+
+M = TypeVar("M")
+R = TypeVar("R", bound=Repository[Any])
+T = TypeVar("T")
+
+
+class State(enum.Enum):
+    """Where a unit of work is in its life."""
+
+    NEW = "new"
+    ACTIVE = "active"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled back"
+    CLOSED = "closed"
+
+
+class UnitOfWork:
+    """One transaction over one ``AsyncSession``; hands out repositories bound to it.
+
+    Leaving without ``commit()`` rolls back; an exception rolls back and propagates; the session
+    is closed and its connection returned to the pool in every case, cancellation included.
+    After ``commit()`` or ``rollback()`` the unit of work is finished: open a new one for more.
+
+    Subclass it to name your repositories (see ``asyncdal.users.UserUnitOfWork``); subclasses
+    keep this constructor, since ``Database.unit_of_work()`` builds them.
+
+    Raises:
+        UnitOfWorkStateError: a call its state forbids (used after it ended, a write in a
+            read-only unit of work, entered twice).
+
+    Example:
+        >>> async with db.unit_of_work() as uow:  # doctest: +SKIP
+        ...     await uow.repository(User).add(User(name="Ann", age=30))
+        ...     await uow.commit()
+    """
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        *,
+        read_only: bool = False,
+        write_lock: WriteLock | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if timeout is not None and timeout <= 0:
+            raise UnitOfWorkStateError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        self._factory = session_factory
+        self._read_only = read_only
+        self._write_lock = write_lock
+        self._holds_lock = False
+        self._timeout = timeout
+        self._timeout_cm: asyncio.Timeout | None = None
+        self._session: AsyncSession | None = None
+        self._state = State.NEW
+        self._repositories: dict[type[Any], Repository[Any]] = {}
+
+    @property
+    def read_only(self) -> bool:
+        """True when this unit of work refuses writes."""
+        return self._read_only
+
+    @property
+    def state(self) -> State:
+        """The current state: new, active, committed, rolled back or closed."""
+        return self._state
+
+    @property
+    def session(self) -> AsyncSession:
+        """The ``AsyncSession``: the escape hatch for what repositories do not cover.
+
+        Raises:
+            UnitOfWorkStateError: the unit of work is not active.
+        """
+        return self._require_active("UnitOfWork.session")
+
+    def _require_active(self, operation: str) -> AsyncSession:
+        if self._state is not State.ACTIVE or self._session is None:
+            raise UnitOfWorkStateError(
+                f"cannot call {operation}: the unit of work is {self._describe_state()}"
+            )
+        return self._session
+
+    def _require_writable(self, operation: str) -> AsyncSession:
+        session = self._require_active(operation)
+        if self._read_only:
+            raise UnitOfWorkStateError(f"cannot call {operation}: the unit of work is read-only")
+        return session
+
+    def _describe_state(self) -> str:
+        if self._state is State.NEW:
+            return "not entered yet (use `async with`)"
+        if self._state is State.CLOSED:
+            return "closed: it has ended"
+        return f"{self._state.value}: it has ended"
+
+    async def __aenter__(self) -> Self:
+        if self._state is not State.NEW:
+            raise UnitOfWorkStateError(
+                f"cannot enter the unit of work: it is {self._describe_state()}"
+            )
+        if self._timeout is not None:
+            self._timeout_cm = asyncio.timeout(self._timeout)
+            await self._timeout_cm.__aenter__()
+        try:
+            if self._write_lock is not None:
+                await self._write_lock.acquire()
+                self._holds_lock = True
+            self._session = self._factory()
+            self._state = State.ACTIVE
+            # Check out the connection now, so an unreachable database fails here, at the
+            # `async with`, as UnavailableError, and a SQLite writer begins right away.
+            await self._run("UnitOfWork.__aenter__", self._session.connection(), connecting=True)
+        except BaseException as error:
+            await self._shielded_close(rollback=False)
+            await self._leave_timeout(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._shielded_close(rollback=self._state is State.ACTIVE)
+        except asyncio.CancelledError as cancelled:
+            # Cancelled during cleanup (e.g. our own timeout firing): still leave the timeout.
+            await self._leave_timeout(type(cancelled), cancelled, cancelled.__traceback__)
+            raise
+        await self._leave_timeout(exc_type, exc, tb)
+
+    async def _leave_timeout(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._timeout_cm is None:
+            return
+        timeout_cm, self._timeout_cm = self._timeout_cm, None
+        try:
+            await timeout_cm.__aexit__(exc_type, exc, tb)
+        except TimeoutError as error:
+            raise QueryTimeoutError(
+                f"the unit of work exceeded its timeout of {self._timeout} s and was rolled back"
+            ) from error
+
+    async def _shielded_close(self, *, rollback: bool) -> None:
+        """Roll back if asked, close the session, release the write lock, even when cancelled."""
+        if self._state is State.CLOSED:
+            return
+        self._state = State.CLOSED
+        session, self._session = self._session, None
+        cleanup = asyncio.ensure_future(self._close(session, rollback=rollback))
+        cancelled = False
+        while not cleanup.done():
+            try:
+                await asyncio.shield(cleanup)
+            except asyncio.CancelledError:
+                # Keep waiting: the connection must go back to the pool before we give way.
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        cleanup.result()
+
+    async def _close(self, session: AsyncSession | None, *, rollback: bool) -> None:
+        try:
+            if session is not None:
+                try:
+                    if rollback:
+                        await session.rollback()
+                except Exception:
+                    # The connection is broken (lost, cancelled mid-statement): drop it from the
+                    # pool rather than hand it to the next unit of work.
+                    await session.invalidate()
+                finally:
+                    await session.close()
+        finally:
+            if self._holds_lock and self._write_lock is not None:
+                self._holds_lock = False
+                self._write_lock.release()
+
+    async def _run(self, operation: str, awaitable: Awaitable[T], *, connecting: bool = False) -> T:
+        try:
+            return await awaitable
+        except Exception as error:
+            mapped = translate(error, operation, connecting=connecting)
+            if mapped is None or mapped is error:
+                raise
+            raise mapped from error
+
+    async def commit(self) -> None:
+        """Flush and commit; the unit of work is finished afterwards.
+
+        Raises:
+            ConflictError: a constraint failed while flushing or at COMMIT.
+            CommitOutcomeUnknownError: the connection dropped during COMMIT; it may have applied.
+            UnitOfWorkStateError: not active, or a read-only unit of work holds changes.
+        """
+        session = self._require_active("UnitOfWork.commit()")
+        # Flush separately: a connection lost while flushing is safely retryable, one lost
+        # during COMMIT leaves the outcome unknown.
+        await self._run("UnitOfWork.commit()", session.flush())
+        try:
+            await self._run("UnitOfWork.commit()", session.commit())
+        except ConnectionLostError as error:
+            self._state = State.ROLLED_BACK
+            raise CommitOutcomeUnknownError(
+                "UnitOfWork.commit() failed: the connection was lost during COMMIT, "
+                "so the transaction may or may not have been applied"
+            ) from error
+        except BaseException:
+            # A failed or cancelled COMMIT ends the transaction: nothing more can be done in it.
+            self._state = State.ROLLED_BACK
+            raise
+        self._state = State.COMMITTED
+
+    async def rollback(self) -> None:
+        """Discard everything done in this unit of work; it is finished afterwards."""
+        session = self._require_active("UnitOfWork.rollback()")
+        self._state = State.ROLLED_BACK
+        await self._run("UnitOfWork.rollback()", session.rollback())
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested transaction: an exception inside rolls back to the savepoint and propagates.
+
+        Example:
+            >>> async with uow.savepoint():  # doctest: +SKIP
+            ...     await uow.users.add(User(name="maybe", age=1))
+        """
+        session = self._require_active("UnitOfWork.savepoint()")
+        nested = await self._run("UnitOfWork.savepoint()", session.begin_nested())
+        try:
+            yield
+        except BaseException:
+            if nested.is_active:
+                await self._run("UnitOfWork.savepoint()", nested.rollback())
+            raise
+        else:
+            if nested.is_active:
+                await self._run("UnitOfWork.savepoint()", nested.commit())
+
+    @overload
+    def repository(self, model_or_repository: type[R]) -> R: ...
+    @overload
+    def repository(self, model_or_repository: type[M]) -> Repository[M]: ...
+    def repository(self, model_or_repository: type[Any]) -> Repository[Any]:
+        """The repository for a mapped class, or an instance of a ``Repository`` subclass.
+
+        Repeated calls return the same object. Raises ``InvalidQueryError`` for an unmapped class.
+        """
+        cached = self._repositories.get(model_or_repository)
+        if cached is not None:
+            return cached
+        if isinstance(model_or_repository, type) and issubclass(model_or_repository, Repository):
+            repo: Repository[Any] = model_or_repository(self)
+        else:
+            repo = Repository.for_model(model_or_repository, self)
+        self._repositories[model_or_repository] = repo
+        return repo
+
+    async def execute(self, operation: str, fn: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run ``fn(session)`` with this unit of work's error translation (for repositories)."""
+        session = self._require_active(operation)
+        return await self._run(operation, fn(session))
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self._read_only else "read-write"
+        return f"<{type(self).__name__} {mode} {self._state.value}>"

@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, overload
+from typing import Any, Generic, Self, TypeVar, cast, overload
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -100,7 +100,7 @@ class Database(Generic[U]):
                 f"unit_of_work must be a UnitOfWork subclass, got {uow_class!r}"
             )
         self._settings = settings
-        self._uow_class: type[U] = uow_class
+        self._uow_class: type[U] = cast("type[U]", uow_class)
         self._engine = create_engine(settings)
         sqlite = settings.backend == "sqlite"
         # Writers: BEGIN IMMEDIATE on SQLite. Readers: no BEGIN/COMMIT round trips at all; each

@@ -195,15 +195,17 @@ class UnitOfWork:
     async def _close(self, session: AsyncSession | None, *, rollback: bool) -> None:
         try:
             if session is not None:
+                if rollback:
+                    # Detach first: a rollback expires every loaded object, and objects must stay
+                    # readable after the unit of work (the contract's expire_on_commit=False).
+                    session.expunge_all()
                 try:
-                    if rollback:
-                        await session.rollback()
+                    # Closing returns the connection; the pool rolls back what is still open.
+                    await session.close()
                 except Exception:
                     # The connection is broken (lost, cancelled mid-statement): drop it from the
                     # pool rather than hand it to the next unit of work.
                     await session.invalidate()
-                finally:
-                    await session.close()
         finally:
             if self._holds_lock and self._write_lock is not None:
                 self._holds_lock = False
@@ -248,6 +250,7 @@ class UnitOfWork:
         """Discard everything done in this unit of work; it is finished afterwards."""
         session = self._require_active("UnitOfWork.rollback()")
         self._state = State.ROLLED_BACK
+        session.expunge_all()  # keep loaded objects readable: a rollback would expire them
         await self._run("UnitOfWork.rollback()", session.rollback())
 
     @asynccontextmanager

@@ -21,9 +21,7 @@ from asyncdal.migrations import upgrade
 from asyncdal.users import UserUnitOfWork
 from tests.support import Backend, pg_admin_dsn, scratch_database_name
 
-PG_URL = os.environ.get(
-    "ASYNCDAL_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
+PG_URL = os.environ.get("ASYNCDAL_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_APP_NAME = "asyncdal-tests"
 
@@ -66,6 +64,15 @@ async def _drop_pg_database(url: str) -> None:
         await admin.close()
 
 
+@pytest.fixture(scope="session")
+async def pg_server_url() -> str:
+    """``ASYNCDAL_TEST_PG_URL`` once the server answers (for PostgreSQL-only tests)."""
+    problem = await _pg_reachable(PG_URL)
+    if problem is not None:
+        _require_postgres(problem)
+    return PG_URL
+
+
 @pytest.fixture(
     scope="session",
     params=[
@@ -78,7 +85,19 @@ async def backend(
 ) -> AsyncIterator[Backend]:
     """A database migrated to head on each backend (a SQLite file, a scratch PostgreSQL
     database), with one shared ``Database`` over it."""
-    if request.param == "sqlite":
+    async for made in _backend(request.param, tmp_path_factory):
+        yield made
+
+
+@pytest.fixture(scope="session")
+async def pg_backend(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Backend]:
+    """A migrated scratch PostgreSQL database, for PostgreSQL-only tests."""
+    async for made in _backend("postgres", tmp_path_factory):
+        yield made
+
+
+async def _backend(kind: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Backend]:
+    if kind == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'asyncdal-test.db'}"
     else:
         url = await _create_pg_database()
@@ -87,18 +106,18 @@ async def backend(
     )
     try:
         await upgrade(shared)
-        yield Backend(name=request.param, url=url, shared=shared)
+        yield Backend(name=kind, url=url, shared=shared)
     finally:
         await shared.dispose()
-        if request.param == "postgres":
+        if kind == "postgres":
             await _drop_pg_database(url)
 
 
 @pytest.fixture
-async def db(backend: Backend) -> AsyncIterator[Database[UserUnitOfWork]]:
+async def db(backend: Backend) -> Database[UserUnitOfWork]:
     """The backend's shared ``Database``, with its tables emptied before the test."""
     await clean(backend.shared)
-    yield backend.shared
+    return backend.shared
 
 
 async def clean(db: Database[Any]) -> None:

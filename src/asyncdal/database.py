@@ -8,11 +8,11 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, cast, overload
+from typing import Any, Generic, Literal, Self, TypeVar, cast, get_args, overload
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import Pool, QueuePool
 
 from ._writelock import WriteLock
 from .engine import SQLITE_BEGIN, create_engine
@@ -27,6 +27,9 @@ from .uow import State, UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
 T = TypeVar("T")
+
+IsolationLevel = Literal["SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"]
+_ISOLATION_LEVELS: frozenset[str] = frozenset(get_args(IsolationLevel))
 
 logger = logging.getLogger("asyncdal")
 
@@ -57,6 +60,10 @@ class Database(Generic[U]):
 
     Construction is lazy: no connection is opened until the first unit of work.
 
+    ``poolclass`` replaces the pooled default with another SQLAlchemy pool class, e.g.
+    ``NullPool`` to open a fresh connection per unit of work (benchmarks, forked workers); the
+    pool settings are then ignored. In-memory SQLite always keeps its one shared connection.
+
     Raises:
         ConfigurationError: the URL or a setting is invalid.
 
@@ -73,6 +80,7 @@ class Database(Generic[U]):
         settings: str | DatabaseSettings,
         *,
         unit_of_work: None = None,
+        poolclass: type[Pool] | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -80,12 +88,14 @@ class Database(Generic[U]):
         settings: str | DatabaseSettings,
         *,
         unit_of_work: type[U],
+        poolclass: type[Pool] | None = None,
     ) -> None: ...
     def __init__(
         self,
         settings: str | DatabaseSettings,
         *,
         unit_of_work: type[Any] | None = None,
+        poolclass: type[Pool] | None = None,
     ) -> None:
         if isinstance(settings, str):
             settings = DatabaseSettings(settings)
@@ -101,7 +111,7 @@ class Database(Generic[U]):
             )
         self._settings = settings
         self._uow_class: type[U] = cast("type[U]", uow_class)
-        self._engine = create_engine(settings)
+        self._engine = create_engine(settings, poolclass=poolclass)
         sqlite = settings.backend == "sqlite"
         # Writers: BEGIN IMMEDIATE on SQLite. Readers: no BEGIN/COMMIT round trips at all; each
         # statement reads the latest committed data (autocommit), and the session refuses to flush.
@@ -127,6 +137,7 @@ class Database(Generic[U]):
         # in-memory database has one connection, so its readers must queue behind writers too.
         self._write_lock = WriteLock(settings.sqlite_busy_timeout) if sqlite else None
         self._share_lock_with_readers = sqlite and settings.is_memory
+        self._isolated: dict[tuple[bool, str], async_sessionmaker[Any]] = {}
 
     @classmethod
     @overload
@@ -168,7 +179,13 @@ class Database(Generic[U]):
         """The URL with its password hidden."""
         return self._settings.masked_url
 
-    def unit_of_work(self, *, read_only: bool = False, timeout: float | None = None) -> U:
+    def unit_of_work(
+        self,
+        *,
+        read_only: bool = False,
+        timeout: float | None = None,
+        isolation_level: IsolationLevel | None = None,
+    ) -> U:
         """A new unit of work; enter it with ``async with``.
 
         ``read_only=True`` refuses to flush, never takes SQLite's write lock, and skips the
@@ -177,10 +194,20 @@ class Database(Generic[U]):
 
         ``timeout`` bounds the whole unit of work: when it expires the work is cancelled, rolled
         back, and ``QueryTimeoutError`` is raised.
+
+        ``isolation_level`` (``"SERIALIZABLE"``, ``"REPEATABLE READ"`` or ``"READ COMMITTED"``)
+        sets this transaction's isolation on PostgreSQL, where the default is READ COMMITTED;
+        a read-only unit of work then reads in one transaction at that level. Under
+        SERIALIZABLE, expect ``RetryableError`` (40001) and run the work with
+        ``run_in_transaction()``. SQLite's transactions are always serializable, so there the
+        level is accepted and changes nothing.
+
+        Raises:
+            ConfigurationError: ``isolation_level`` is not one of the three levels.
         """
         takes_lock = not read_only or self._share_lock_with_readers
         return self._uow_class(
-            self._readers if read_only else self._writers,
+            self._factory(read_only, isolation_level),
             read_only=read_only,
             write_lock=self._write_lock if takes_lock else None,
             timeout=timeout,
@@ -193,6 +220,7 @@ class Database(Generic[U]):
         attempts: int = 3,
         idempotent: bool = False,
         read_only: bool = False,
+        isolation_level: IsolationLevel | None = None,
         base_delay: float = 0.01,
         max_delay: float = 1.0,
     ) -> T:
@@ -201,7 +229,8 @@ class Database(Generic[U]):
         Each attempt gets a new unit of work; between attempts it sleeps a full-jitter backoff
         (uniform in ``[0, min(max_delay, base_delay * 2**attempt)]``). Never retried: any other
         error, a cancellation, and a connection lost during COMMIT unless ``idempotent=True``
-        (the first attempt may have committed).
+        (the first attempt may have committed). ``isolation_level`` is passed to each attempt's
+        unit of work (see ``unit_of_work()``).
 
         Raises:
             RetryableError: the last attempt still failed with one.
@@ -213,7 +242,9 @@ class Database(Generic[U]):
         while True:
             attempt += 1
             try:
-                async with self.unit_of_work(read_only=read_only) as uow:
+                async with self.unit_of_work(
+                    read_only=read_only, isolation_level=isolation_level
+                ) as uow:
                     result = await fn(uow)
                     if uow.state is State.ACTIVE:
                         await uow.commit()
@@ -227,6 +258,30 @@ class Database(Generic[U]):
                     raise
                 self._log_retry(error, attempt, attempts)
             await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
+
+    def _factory(self, read_only: bool, isolation_level: str | None) -> async_sessionmaker[Any]:
+        if isolation_level is None:
+            return self._readers if read_only else self._writers
+        if isolation_level not in _ISOLATION_LEVELS:
+            raise ConfigurationError(
+                "isolation_level must be one of SERIALIZABLE, REPEATABLE READ, READ COMMITTED "
+                f"or None, got {isolation_level!r}"
+            )
+        if self.backend == "sqlite":
+            # Every SQLite transaction is serializable; setting a level through the driver
+            # would re-enable its implicit BEGIN and break the explicit-BEGIN recipe.
+            return self._readers if read_only else self._writers
+        key = (read_only, isolation_level)
+        found = self._isolated.get(key)
+        if found is None:
+            engine = self._engine.execution_options(isolation_level=isolation_level)
+            found = self._isolated[key] = async_sessionmaker(
+                engine,
+                expire_on_commit=False,
+                autoflush=True,
+                sync_session_class=_ReadOnlySession if read_only else Session,
+            )
+        return found
 
     @staticmethod
     def _log_retry(error: Exception, attempt: int, attempts: int) -> None:

@@ -205,6 +205,8 @@ def classify(error: BaseException, *, connecting: bool = False) -> type[DataAcce
         return UnavailableError if connecting else ConnectionLostError
     if isinstance(error, OverflowError):
         return InvalidDataError  # sqlite3 refuses integers beyond 64 bits on the client side
+    if isinstance(error, UnicodeEncodeError):
+        return InvalidDataError  # sqlite3 refuses a lone surrogate in a parameter, client side
     return None
 
 

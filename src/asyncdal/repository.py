@@ -148,7 +148,8 @@ class Repository(Generic[M]):
         """
         op = self._op("add")
         session = self._uow._require_writable(op)
-        session.add(self._check_instance(obj, "add"))
+        checked = self._check_instance(obj, "add")
+        session.add(checked)
         await self._uow._run(op, session.flush())
         return obj
 
@@ -184,7 +185,8 @@ class Repository(Generic[M]):
         """Delete ``obj`` and flush (children go by the database's ON DELETE CASCADE)."""
         op = self._op("delete")
         session = self._uow._require_writable(op)
-        await session.delete(self._check_instance(obj, "delete"))
+        checked = self._check_instance(obj, "delete")
+        await session.delete(checked)
         await self._uow._run(op, session.flush())
 
     # -- reads --------------------------------------------------------------------------------
@@ -222,11 +224,7 @@ class Repository(Generic[M]):
     def _order(self, order_by: OrderBy | Sequence[OrderBy] | None) -> builtins.list[Any]:
         if order_by is None:
             return []
-        items: Sequence[Any] = (
-            [order_by]
-            if isinstance(order_by, str | ClauseElement | InstrumentedAttribute)
-            else order_by
-        )
+        items: Sequence[Any] = order_by if isinstance(order_by, list | tuple) else [order_by]
         result: builtins.list[Any] = []
         for item in items:
             if isinstance(item, str):

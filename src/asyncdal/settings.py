@@ -26,6 +26,7 @@ _DRIVERS: dict[str, tuple[Backend, str]] = {
 }
 _SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword"})
 _MASK = "***"
+_PLACEHOLDER = "ASYNCDALMASKEDSECRET"
 ENV_PREFIX = "ASYNCDAL_"
 
 
@@ -58,12 +59,12 @@ def mask_url(url: str | URL) -> str:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         return "<unparseable URL>"
-    if parsed.password is not None:
-        parsed = parsed.set(password=_MASK)
     secret_keys = [key for key in parsed.query if key.lower() in _SECRET_QUERY_KEYS]
     if secret_keys:
-        parsed = parsed.update_query_dict({key: _MASK for key in secret_keys})
-    return parsed.render_as_string(hide_password=False)
+        # A letters-only placeholder survives URL quoting; it becomes *** after rendering.
+        parsed = parsed.update_query_dict({key: _PLACEHOLDER for key in secret_keys})
+    rendered = parsed.render_as_string(hide_password=True)
+    return rendered.replace(_PLACEHOLDER, _MASK)
 
 
 def _check(condition: bool, message: str) -> None:

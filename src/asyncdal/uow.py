@@ -266,12 +266,12 @@ class UnitOfWork:
         try:
             yield
         except BaseException:
-            if nested.is_active:
-                await self._run("UnitOfWork.savepoint()", nested.rollback())
+            # Also after a failed flush inside, which already marked the savepoint inactive:
+            # ROLLBACK TO SAVEPOINT must still run for the outer transaction to go on.
+            await self._run("UnitOfWork.savepoint()", nested.rollback())
             raise
-        else:
-            if nested.is_active:
-                await self._run("UnitOfWork.savepoint()", nested.commit())
+        if nested.is_active:
+            await self._run("UnitOfWork.savepoint()", nested.commit())
 
     @overload
     def repository(self, model_or_repository: type[R]) -> R: ...

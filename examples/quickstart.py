@@ -14,18 +14,16 @@ from asyncdal.users import UserUnitOfWork
 
 async def main(url: str = "sqlite+aiosqlite:///quickstart.db") -> None:
     async with Database(url, unit_of_work=UserUnitOfWork) as db:  # engine + sessionmaker
-        await upgrade(db)  # create the tables with Alembic
+        await upgrade(db)  # create the tables with Alembic, on the app's own engine
 
         async with db.unit_of_work() as uow:  # add + commit
-            user = await uow.users.add(User(name="John Doe", age=30))
+            user = await uow.users.add(User(name="John Doe", age=30))  # flushed: id is set
             await uow.commit()
-        print(f"added {user}")
 
         async with db.unit_of_work() as uow:  # get + update + commit
             user = await uow.users.get_one(user.id)
-            user.age = 31
+            user.age = 31  # tracked by the unit of work
             await uow.commit()
-        print(f"updated {user}")
 
         async with db.unit_of_work(read_only=True) as uow:  # list all
             for each in await uow.users.list(order_by=User.id):
@@ -34,8 +32,7 @@ async def main(url: str = "sqlite+aiosqlite:///quickstart.db") -> None:
         async with db.unit_of_work() as uow:  # delete + commit
             await uow.users.delete(user)
             await uow.commit()
-        print(f"deleted user {user.id}")
-    # leaving `async with Database(...)` disposes of the engine: every connection is closed
+    # leaving `async with Database(...)` disposed of the pool: every connection is closed
 
 
 if __name__ == "__main__":

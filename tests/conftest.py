@@ -7,69 +7,33 @@ a server they skip locally; under ``CI=true`` they fail instead, never silently 
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from asyncdal import Database, DatabaseSettings
 from asyncdal.migrations import upgrade
 from asyncdal.users import UserUnitOfWork
-from tests.support import Backend, pg_admin_dsn, scratch_database_name
+from tests.support import (
+    IN_CI,
+    PG_URL,
+    Backend,
+    create_pg_database,
+    drop_pg_database,
+    require_postgres,
+)
 
-PG_URL = os.environ.get("ASYNCDAL_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+__all__ = ["IN_CI", "PG_URL"]
+
 TEST_APP_NAME = "asyncdal-tests"
-
-
-async def _pg_reachable(url: str) -> str | None:
-    try:
-        connection = await asyncpg.connect(pg_admin_dsn(url), timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        return f"{type(error).__name__}: {error}"
-    await connection.close()
-    return None
-
-
-def _require_postgres(reason: str) -> None:
-    message = f"PostgreSQL at ASYNCDAL_TEST_PG_URL is not reachable ({reason})"
-    if IN_CI:
-        pytest.fail(message + "; under CI=true this is a failure, not a skip")
-    pytest.skip(message)
-
-
-async def _create_pg_database() -> str:
-    problem = await _pg_reachable(PG_URL)
-    if problem is not None:
-        _require_postgres(problem)
-    name = scratch_database_name("asyncdal_test")
-    admin = await asyncpg.connect(pg_admin_dsn(PG_URL))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return Backend.replace_database(PG_URL, name)
-
-
-async def _drop_pg_database(url: str) -> None:
-    name = make_url(url).database
-    admin = await asyncpg.connect(pg_admin_dsn(PG_URL))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(scope="session")
 async def pg_server_url() -> str:
     """``ASYNCDAL_TEST_PG_URL`` once the server answers (for PostgreSQL-only tests)."""
-    problem = await _pg_reachable(PG_URL)
-    if problem is not None:
-        _require_postgres(problem)
+    await require_postgres()
     return PG_URL
 
 
@@ -100,7 +64,7 @@ async def _backend(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Async
     if kind == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'asyncdal-test.db'}"
     else:
-        url = await _create_pg_database()
+        url = await create_pg_database("asyncdal_test")
     shared = Database(
         DatabaseSettings(url, application_name=TEST_APP_NAME), unit_of_work=UserUnitOfWork
     )
@@ -110,7 +74,7 @@ async def _backend(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Async
     finally:
         await shared.dispose()
         if kind == "postgres":
-            await _drop_pg_database(url)
+            await drop_pg_database(url)
 
 
 @pytest.fixture

@@ -9,12 +9,51 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from asyncdal import Database, DatabaseSettings
 from asyncdal.users import UserUnitOfWork
+
+PG_URL = os.environ.get("ASYNCDAL_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+async def require_postgres(url: str = PG_URL) -> None:
+    """Skip when the server does not answer; under ``CI=true`` fail instead, never skip."""
+    try:
+        connection = await asyncpg.connect(pg_admin_dsn(url), timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        message = f"PostgreSQL at ASYNCDAL_TEST_PG_URL is not reachable ({error!r})"
+        if IN_CI:
+            pytest.fail(message + "; under CI=true this is a failure, not a skip")
+        pytest.skip(message)
+    await connection.close()
+
+
+async def create_pg_database(prefix: str, url: str = PG_URL) -> str:
+    """Create an empty scratch database on ``url``'s server; return its URL."""
+    await require_postgres(url)
+    name = scratch_database_name(prefix)
+    admin = await asyncpg.connect(pg_admin_dsn(url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_pg_database(url: str) -> None:
+    """Drop the database ``url`` names, disconnecting whoever still uses it."""
+    name = make_url(url).database
+    admin = await asyncpg.connect(pg_admin_dsn(url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def pg_admin_dsn(url: str, database: str = "postgres") -> str:

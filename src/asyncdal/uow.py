@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from .errors import (
     CommitOutcomeUnknownError,
@@ -76,6 +77,7 @@ class UnitOfWork:
         self._read_only = read_only
         self._write_lock = write_lock
         self._holds_lock = False
+        self._savepoints = 0
         self._timeout = timeout
         self._timeout_cm: asyncio.Timeout | None = None
         self._session: AsyncSession | None = None
@@ -218,6 +220,11 @@ class UnitOfWork:
             mapped = translate(error, operation, connecting=connecting)
             if mapped is None or mapped is error:
                 raise
+            if self._savepoints == 0 and self._state is State.ACTIVE:
+                # After a database error the transaction cannot go on (PostgreSQL aborts it,
+                # SQLAlchemy refuses the session): end the unit of work here, on both backends,
+                # so the next call says so plainly instead of raising PendingRollbackError.
+                self._state = State.ROLLED_BACK
             raise mapped from error
 
     async def commit(self) -> None:
@@ -229,13 +236,22 @@ class UnitOfWork:
             UnitOfWorkStateError: not active, or a read-only unit of work holds changes.
         """
         session = self._require_active("UnitOfWork.commit()")
-        # Flush separately: a connection lost while flushing is safely retryable, one lost
-        # during COMMIT leaves the outcome unknown.
-        await self._run("UnitOfWork.commit()", session.flush())
+        phase = "flush"
+
+        def flush_then_commit(sync_session: Session) -> None:
+            # One greenlet for both steps; the phase tells a connection lost while flushing
+            # (nothing committed: retryable) from one lost during COMMIT (outcome unknown).
+            nonlocal phase
+            sync_session.flush()
+            phase = "commit"
+            sync_session.commit()
+
         try:
-            await self._run("UnitOfWork.commit()", session.commit())
+            await self._run("UnitOfWork.commit()", session.run_sync(flush_then_commit))
         except ConnectionLostError as error:
             self._state = State.ROLLED_BACK
+            if phase == "flush":
+                raise
             raise CommitOutcomeUnknownError(
                 "UnitOfWork.commit() failed: the connection was lost during COMMIT, "
                 "so the transaction may or may not have been applied"
@@ -263,13 +279,16 @@ class UnitOfWork:
         """
         session = self._require_active("UnitOfWork.savepoint()")
         nested = await self._run("UnitOfWork.savepoint()", session.begin_nested())
+        self._savepoints += 1
         try:
             yield
         except BaseException:
             # Also after a failed flush inside, which already marked the savepoint inactive:
             # ROLLBACK TO SAVEPOINT must still run for the outer transaction to go on.
+            self._savepoints -= 1
             await self._run("UnitOfWork.savepoint()", nested.rollback())
             raise
+        self._savepoints -= 1
         if nested.is_active:
             await self._run("UnitOfWork.savepoint()", nested.commit())
 

@@ -3,6 +3,7 @@ session that records what it was asked to do (no database is involved)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -33,14 +34,27 @@ class FakeSession:
     async def flush(self) -> None:
         self.calls.append("flush")
 
-    async def commit(self) -> None:
-        self.calls.append("commit")
+    async def run_sync(self, fn: Callable[[Any], Any]) -> Any:
+        return fn(SyncFake(self.calls))
 
     async def rollback(self) -> None:
         self.calls.append("rollback")
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"unexpected session call: {name}")
+
+
+class SyncFake:
+    """Stands in for the sync Session that run_sync() hands its function."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+
+    def commit(self) -> None:
+        self.calls.append("commit")
 
 
 class FakeFactory:

@@ -12,6 +12,7 @@ liveness check on checkout, and the prepared-statement settings PgBouncer's tran
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Final
 from uuid import uuid4
 
@@ -86,6 +87,18 @@ def _sqlite_engine(
         mode = connection.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
         if mode is not None:
             connection.exec_driver_sql(f"BEGIN {mode}")
+
+    @event.listens_for(engine.sync_engine.pool, "invalidate")
+    def _roll_back_before_close(
+        dbapi_connection: Any, _record: ConnectionPoolEntry, _error: BaseException | None
+    ) -> None:
+        # A task cancelled mid-statement invalidates its connection, and closing a sqlite3
+        # connection whose cancelled statement was never finalized leaves it open as a zombie
+        # that keeps its transaction, and so the file's write lock, for good: every later
+        # writer then fails with "database is locked". Roll back first; it runs in the
+        # driver's thread after the cancelled statement and aborts it.
+        with contextlib.suppress(Exception):  # best effort: the connection is thrown away
+            dbapi_connection.rollback()
 
     return engine
 

@@ -17,7 +17,7 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from alembic import command
 from alembic.config import Config
@@ -73,9 +73,27 @@ async def _run_command(db: Database[Any] | AsyncEngine, fn: Callable[[Config], N
         config.attributes["connection"] = connection
         fn(config)
 
-    async with _engine_of(db).connect() as connection:
+    engine = _engine_of(db)
+    try:
+        connection = await engine.connect()
+    except Exception as error:
+        _reraise_translated(error, "migrations: connecting", connecting=True)
+    try:
         await connection.run_sync(in_sync)
         await connection.commit()
+    except Exception as error:
+        # A failed revision: PostgreSQL rolled the whole upgrade back, SQLite too (one
+        # transaction); say so with an asyncdal error, the driver's chained as __cause__.
+        _reraise_translated(error, "migrations")
+    finally:
+        await connection.close()
+
+
+def _reraise_translated(error: Exception, operation: str, *, connecting: bool = False) -> NoReturn:
+    mapped = translate(error, operation, connecting=connecting)
+    if mapped is None or mapped is error:
+        raise error
+    raise mapped from error
 
 
 async def upgrade(db: Database[Any] | AsyncEngine, revision: str = "head") -> None:
@@ -157,19 +175,20 @@ def run_migrations(connection: Connection) -> None:
 
 
 async def _run_with_url(url: str) -> None:
-    settings = DatabaseSettings(url)
+    # The ASYNCDAL_* variables apply as they do to the service (application_name, timeouts).
+    settings = DatabaseSettings.from_env(default_url=url)
     engine = create_engine(settings, poolclass=NullPool)
     try:
         try:
             connection = await engine.connect()
         except Exception as error:
-            mapped = translate(error, f"connecting to {settings.masked_url}", connecting=True)
-            if mapped is None:
-                raise
-            raise mapped from error
-        async with connection:
+            _reraise_translated(error, f"connecting to {settings.masked_url}", connecting=True)
+        # Not `async with connection`: it is started already, and entering would start it again.
+        try:
             await connection.run_sync(run_migrations)
             await connection.commit()
+        finally:
+            await connection.close()
     finally:
         await engine.dispose()
 

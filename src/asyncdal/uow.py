@@ -33,6 +33,15 @@ R = TypeVar("R", bound=Repository[Any])
 T = TypeVar("T")
 
 
+def _driver_closed(sync_session: Session) -> bool:
+    """True when the driver knows the server closed this session's connection (asyncpg)."""
+    if not sync_session.in_transaction():
+        return False
+    driver = sync_session.connection().connection.driver_connection
+    is_closed = getattr(driver, "is_closed", None)
+    return bool(is_closed()) if callable(is_closed) else False
+
+
 class State(enum.Enum):
     """Where a unit of work is in its life."""
 
@@ -183,15 +192,16 @@ class UnitOfWork:
         self._state = State.CLOSED
         session, self._session = self._session, None
         cleanup = asyncio.ensure_future(self._close(session, rollback=rollback))
-        cancelled = False
+        cancelled: asyncio.CancelledError | None = None
         while not cleanup.done():
             try:
                 await asyncio.shield(cleanup)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as error:
                 # Keep waiting: the connection must go back to the pool before we give way.
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
+                cancelled = error
+        if cancelled is not None:
+            # The caller's own CancelledError, untouched (its message included).
+            raise cancelled
         cleanup.result()
 
     async def _close(self, session: AsyncSession | None, *, rollback: bool) -> None:
@@ -243,7 +253,10 @@ class UnitOfWork:
             # (nothing committed: retryable) from one lost during COMMIT (outcome unknown).
             nonlocal phase
             sync_session.flush()
-            phase = "commit"
+            if not _driver_closed(sync_session):
+                # A connection the server already closed cannot have sent COMMIT: that failure
+                # stays a plain (retryable) lost connection.
+                phase = "commit"
             sync_session.commit()
 
         try:

@@ -56,6 +56,9 @@ class SyncFake:
     def commit(self) -> None:
         self.calls.append("commit")
 
+    def in_transaction(self) -> bool:
+        return False
+
 
 class FakeFactory:
     def __init__(self) -> None:

@@ -1,0 +1,270 @@
+"""``python -m benchmarks``: check the options, run the sweep with a progress bar, report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from asyncdal.settings import mask_url
+from benchmarks.backends import (
+    Backend,
+    BenchError,
+    check_postgres,
+    postgres_backend,
+    sqlite_backend,
+)
+from benchmarks.plot import plot
+from benchmarks.results import document, write
+from benchmarks.runner import CellKey, Config, PassResult, run_backend, total_steps
+from benchmarks.stacks import STACKS
+from benchmarks.summary import Results, ratio_rows, summarize
+from benchmarks.tables import markdown_report, print_report
+from benchmarks.workloads import SINGLE_TASK, WORKLOADS
+
+ENV_PG_URL = "ASYNCDAL_BENCH_PG_URL"
+BACKENDS = ("sqlite", "postgresql")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: (full run, --quick) defaults for the options that --quick shrinks.
+DEFAULTS: dict[str, tuple[int, int]] = {
+    "ops": (200, 30),
+    "warmup": (100, 10),
+    "repeat": (3, 2),
+    "bulk_size": (10_000, 500),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not a usage dump: the user sees exactly what to fix.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _names(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [item for item in items if item not in choices]
+        if not items or unknown:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {', '.join(choices)}, got {text!r}"
+            )
+        return tuple(dict.fromkeys(items))
+
+    return parse
+
+
+def _positive_ints() -> Callable[[str], tuple[int, ...]]:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            items = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            items = ()
+        if not items or min(items) < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of integers >= 1, got {text!r}"
+            )
+        return tuple(sorted(set(items)))
+
+    return parse
+
+
+def _positive_int() -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+        return value
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m benchmarks",
+        description=(
+            "Measure asyncdal's unit of work against the layers beneath it (bare AsyncSession, "
+            "Core, the raw driver) and against no pooling, on a fresh seeded SQLite file and "
+            "optionally a scratch PostgreSQL database, in one run. Prints tables, writes JSON "
+            "and a PNG plot to benchmarks/results/."
+        ),
+        epilog=f"Stacks: {', '.join(STACKS)}. Workloads: {', '.join(WORKLOADS)}. "
+        "See benchmarks/README.md for the method.",
+    )
+    add = p.add_argument
+    add(
+        "--postgres",
+        metavar="URL",
+        default=os.environ.get(ENV_PG_URL),
+        help="also run on PostgreSQL: a scratch database is created next to URL's and dropped "
+        f"afterwards (default: ${ENV_PG_URL}, if set)",
+    )
+    add("--quick", action="store_true", help="a short smoke run (CI): fewer ops, 2 passes")
+    add("--backends", type=_names(BACKENDS), metavar="LIST",
+        help="sqlite,postgresql (default: sqlite, + postgresql with --postgres)")  # fmt: skip
+    add("--workloads", type=_names(tuple(WORKLOADS)), default=tuple(WORKLOADS), metavar="LIST",
+        help=f"default: {','.join(WORKLOADS)}")  # fmt: skip
+    add("--stacks", type=_names(STACKS), default=STACKS, metavar="LIST",
+        help=f"default: {','.join(STACKS)} (most abstraction to least)")  # fmt: skip
+    add("--concurrency", type=_positive_ints(), default=(1, 16, 64), metavar="LIST",
+        help="concurrent asyncio tasks per cell (default: 1,16,64)")  # fmt: skip
+    add("--pool-size", type=_positive_ints(), default=(10,), metavar="LIST",
+        help="connection pool sizes to sweep, e.g. 5,10,20 (default: 10)")  # fmt: skip
+    for name, (full, quick) in DEFAULTS.items():
+        option = "--" + name.replace("_", "-")
+        helps = {
+            "ops": "timed ops per cell and pass",
+            "warmup": "untimed warm-up ops per cell (at least min(concurrency, pool size))",
+            "repeat": "whole passes over every cell; the spread is over passes",
+            "bulk_size": "users per bulk transaction",
+        }
+        add(
+            option,
+            type=_positive_int(),
+            metavar="N",
+            help=f"{helps[name]} (default {full}; quick {quick})",
+        )
+    add("--users", type=_positive_int(), default=10_000, metavar="N",
+        help="users seeded before the run (default 10000)")  # fmt: skip
+    add("--seed", type=int, default=1, metavar="N", help="random seed for ids, ages and names")
+    add("--output", type=Path, default=RESULTS_DIR, metavar="DIR",
+        help="where the JSON, PNG and Markdown go (default: benchmarks/results)")  # fmt: skip
+    return p
+
+
+def config_from(args: argparse.Namespace) -> tuple[Config, str | None]:
+    """Resolve defaults and cross-option checks."""
+    p = parser()
+    backends = args.backends or (("sqlite", "postgresql") if args.postgres else ("sqlite",))
+    if "postgresql" in backends and not args.postgres:
+        p.error(f"--backends postgresql needs --postgres URL (or ${ENV_PG_URL})")
+    values = {
+        name: getattr(args, name) if getattr(args, name) is not None else pair[args.quick]
+        for name, pair in DEFAULTS.items()
+    }
+    if args.users < 2:
+        p.error(f"--users must be >= 2, got {args.users}")
+    config = Config(
+        backends=backends,
+        workloads=args.workloads,
+        stacks=args.stacks,
+        concurrency=args.concurrency,
+        pool_sizes=args.pool_size,
+        users=args.users,
+        seed=args.seed,
+        quick=args.quick,
+        **values,
+    )
+    return config, args.postgres if "postgresql" in backends else None
+
+
+def masked_command(argv: Sequence[str]) -> str:
+    """The command line with any URL's password hidden."""
+    shown = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if "://" in arg:
+            arg = f"{name}={mask_url(value)}" if eq and "://" in value else mask_url(arg)
+        shown.append(arg)
+    return " ".join(["python -m benchmarks", *shown])
+
+
+async def run(config: Config, pg_url: str | None, output: Path, console: Console, cmd: str) -> None:
+    if pg_url is not None:
+        await check_postgres(pg_url)  # fail now, not after the SQLite half of the run
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    passes: dict[CellKey, list[PassResult]] = {}
+    checks: list[dict[str, Any]] = []
+    done: list[Backend] = []
+    columns = (
+        TextColumn("{task.description}", style="cyan"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=total_steps(config, config.backends))
+        step = 0
+
+        def on_cell(key: CellKey, pass_index: int) -> None:
+            nonlocal step
+            where = f"pass {pass_index + 1}/{config.repeat}" if pass_index >= 0 else "check"
+            pool = "" if key.pool_size is None else f" pool {key.pool_size}"
+            text = f"{key.backend} {key.workload} c={key.concurrency}{pool} {key.stack} ({where})"
+            progress.update(task, completed=step, description=f"{text:<52}")
+            step += 1
+
+        for name in config.backends:
+            progress.update(task, description=f"{name}: migrating, seeding {config.users:,} users")
+            if name == "sqlite":
+                context = sqlite_backend(config.users)
+            else:
+                assert pg_url is not None  # config_from() checked it
+                context = postgres_backend(pg_url, config.users)
+            async with context as backend:
+                checks += await run_backend(backend, config, on_cell, passes)
+                done.append(backend)
+        progress.update(task, completed=step)
+    wall = time.perf_counter() - clock
+    results = Results(summarize(key, found) for key, found in passes.items())
+    levels = {w: (1,) if w in SINGLE_TASK else config.concurrency for w in config.workloads}
+    names = [b.name for b in done]
+    ratios = ratio_rows(results, names, config.workloads, levels, config.pool_sizes, config.stacks)
+    print_report(console, results, names, config, checks)
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    doc = document(
+        config=config,
+        command=cmd,
+        backends=done,
+        results=results,
+        ratios=ratios,
+        checks=checks,
+        started=started.isoformat(timespec="seconds"),
+        wall_seconds=wall,
+    )
+    json_path, _ = write(doc, output, stamp)
+    machine = doc["machine"]
+    subtitle = f"{machine['cpu']}, {machine['cores']} cores · {started:%Y-%m-%d}"
+    png_path, _ = plot(results, names, config, output, stamp, subtitle)
+    # The same tables as Markdown, for benchmarks/README.md (not committed: copy what you keep).
+    (output / "latest.md").write_text(markdown_report(results, names, config, checks))
+    console.print(f"wall time {wall:.1f} s · wrote {json_path} and {png_path} (+ latest.*)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    config, pg_url = config_from(args)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # piped or in CI: wide enough that tables do not wrap
+    try:
+        asyncio.run(run(config, pg_url, args.output, console, masked_command(argv)))
+    except BenchError as error:
+        print(f"python -m benchmarks: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("python -m benchmarks: interrupted; scratch databases were dropped", file=sys.stderr)
+        return 130
+    return 0

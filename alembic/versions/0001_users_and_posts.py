@@ -32,6 +32,7 @@ def upgrade() -> None:
             "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.Column("version", sa.Integer(), server_default="1", nullable=False),
+        sa.Column("_sentinel", sa.Integer(), nullable=True),
         sa.CheckConstraint("age >= 0 AND age <= 150", name=op.f("ck_users_age_range")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("email", name=op.f("uq_users_email")),
@@ -44,6 +45,7 @@ def upgrade() -> None:
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
+        sa.Column("_sentinel", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
             ["author_id"],
             ["users.id"],

@@ -19,7 +19,14 @@ from sqlalchemy import (
     String,
     func,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    mapped_column,
+    orm_insert_sentinel,
+    relationship,
+    validates,
+)
 
 from .errors import InvalidDataError
 
@@ -88,6 +95,10 @@ class User(Base):
         DateTime(timezone=True), default=_utcnow, onupdate=_utcnow, server_default=func.now()
     )
     version: Mapped[int] = mapped_column(Integer, server_default="1")
+    # SQLite cannot say which RETURNING row belongs to which VALUES row, so without a client-side
+    # sentinel SQLAlchemy inserts add_many() one row per statement there (~7x slower).
+    # https://docs.sqlalchemy.org/en/20/core/connections.html#configuring-sentinel-columns
+    _sentinel: Mapped[int | None] = orm_insert_sentinel()
     posts: Mapped[list[Post]] = relationship(
         back_populates="author",
         # Never load behind the caller's back: ask for it with load=("posts",) instead.
@@ -137,6 +148,7 @@ class Post(Base):
         DateTime(timezone=True), default=_utcnow, server_default=func.now()
     )
     author: Mapped[User] = relationship(back_populates="posts", lazy="raise")
+    _sentinel: Mapped[int | None] = orm_insert_sentinel()  # see User._sentinel
 
     @validates("title")
     def _validate_title(self, _key: str, value: str) -> str:

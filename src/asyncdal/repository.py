@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, exists, func, inspect, select
+from sqlalchemy import ColumnElement, Select, bindparam, exists, func, inspect, select
 from sqlalchemy.orm import InstrumentedAttribute, Mapper, selectinload
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.sql import ClauseElement
@@ -39,13 +39,19 @@ class _ModelInfo:
             raise InvalidQueryError(f"{_qualname(model)} is not a mapped class")
         self.name = mapper.class_.__name__
         self.mapper = mapper
+        # Underscored attributes (the insert sentinel) are plumbing, not filterable fields.
         self.columns: dict[str, InstrumentedAttribute[Any]] = {
-            attr.key: getattr(model, attr.key) for attr in mapper.column_attrs
+            attr.key: getattr(model, attr.key)
+            for attr in mapper.column_attrs
+            if not attr.key.startswith("_")
         }
         self.relationships: dict[str, InstrumentedAttribute[Any]] = {
             rel.key: getattr(model, rel.key) for rel in mapper.relationships
         }
         self.primary_key = mapper.primary_key
+        self.by_pk: Select[Any] | None = None
+        if len(mapper.primary_key) == 1:
+            self.by_pk = select(model).where(mapper.primary_key[0] == bindparam("pk"))
 
     def column(self, name: object, what: str) -> InstrumentedAttribute[Any]:
         if isinstance(name, str):
@@ -246,7 +252,15 @@ class Repository(Generic[M]):
         if ident is None:
             raise InvalidQueryError(f"{op} needs a primary key, got None")
         options = self._options(load)
-        return await self._uow._run(op, session.get(self._model, ident, options=options))
+        by_pk = self._info.by_pk
+        key = self._info.mapper.identity_key_from_primary_key((ident,))
+        if by_pk is None or options or key in session.identity_map:
+            # Session.get() knows about expired, deleted and composite-key objects.
+            return await self._uow._run(op, session.get(self._model, ident, options=options))
+        # Fast path for an object not loaded yet: one prebuilt statement, whose cache key and
+        # compiled form are reused, where Session.get() would rebuild them on every call.
+        result = await self._uow._run(op, session.execute(by_pk, {"pk": ident}))
+        return cast("M | None", result.scalar_one_or_none())
 
     async def get_one(self, ident: Any, *, load: Sequence[Load] = ()) -> M:
         """The object with primary key ``ident``.

@@ -104,3 +104,19 @@ async def test_generic_repository_for_any_mapped_class(db: Database[UserUnitOfWo
         assert uow.repository(User) is uow.repository(User)
         await uow.commit()
     assert post.id is not None
+
+
+async def test_get_twice_in_one_unit_of_work_returns_the_same_object(
+    db: Database[UserUnitOfWork],
+) -> None:
+    async with db.unit_of_work() as uow:
+        user = await uow.users.add(User(name="Same", age=1))
+        await uow.commit()
+    async with db.unit_of_work() as uow:
+        first = await uow.users.get_one(user.id)
+        first.age = 2
+        again = await uow.users.get_one(user.id)
+        assert again is first
+        assert again.age == 2
+        await uow.users.delete(first)
+        assert await uow.users.get(user.id) is None

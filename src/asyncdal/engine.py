@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, StaticPool
 
+from ._sqlite import one_hop_dbapi
 from .settings import DatabaseSettings
 
 #: Execution option naming how a SQLite transaction begins: "IMMEDIATE", "DEFERRED" or None
@@ -66,6 +67,9 @@ def _sqlite_engine(
     else:
         kwargs.update(_pool_kwargs(settings, poolclass))
         kwargs.pop("pool_pre_ping", None)
+    dbapi = one_hop_dbapi()
+    if dbapi is not None:
+        kwargs["module"] = dbapi
     engine = create_async_engine(settings.url, connect_args=connect_args, **kwargs)
     journal = "MEMORY" if settings.is_memory else "WAL"
     synchronous = settings.sqlite_synchronous

@@ -153,3 +153,24 @@ async def test_pgbouncer_mode_works_without_statement_caches(pg_backend: Backend
                 await uow.users.count(User.age >= 0)
     finally:
         await db.dispose()
+
+
+@pytest.mark.sqlite
+async def test_sqlite_uses_the_one_hop_adapter_and_still_rolls_back_open_work(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from asyncdal._sqlite import OneHopConnection
+    from asyncdal.migrations import upgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('onehop') / 'o.db'}"
+    async with Database(url, unit_of_work=UserUnitOfWork) as db:
+        await upgrade(db)
+        async with db.unit_of_work() as uow:
+            raw = await (await uow.session.connection()).get_raw_connection()
+            assert isinstance(raw.dbapi_connection, OneHopConnection)
+            await uow.users.add(User(name="Open", age=1))
+            assert raw.dbapi_connection._in_transaction
+        async with db.unit_of_work(read_only=True) as uow:
+            assert await uow.users.count() == 0
+            rows = (await uow.session.execute(text("SELECT 1 UNION SELECT 2"))).all()
+        assert [tuple(r) for r in rows] == [(1,), (2,)]

@@ -242,13 +242,15 @@ async def run(config: Config, pg_url: str | None, output: Path, console: Console
         started=started.isoformat(timespec="seconds"),
         wall_seconds=wall,
     )
-    json_path, _ = write(doc, output, stamp)
+    # A --quick smoke run must not replace the full run's committed latest.* files.
+    latest_name = "quick-latest" if config.quick else "latest"
+    json_path, _ = write(doc, output, stamp, latest_name)
     machine = doc["machine"]
     subtitle = f"{machine['cpu']}, {machine['cores']} cores · {started:%Y-%m-%d}"
-    png_path, _ = plot(results, names, config, output, stamp, subtitle)
+    png_path, _ = plot(results, names, config, output, stamp, subtitle, latest_name)
     # The same tables as Markdown, for benchmarks/README.md (not committed: copy what you keep).
-    (output / "latest.md").write_text(markdown_report(results, names, config, checks))
-    console.print(f"wall time {wall:.1f} s · wrote {json_path} and {png_path} (+ latest.*)")
+    (output / f"{latest_name}.md").write_text(markdown_report(results, names, config, checks))
+    console.print(f"wall time {wall:.1f} s · wrote {json_path} and {png_path} (+ {latest_name}.*)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

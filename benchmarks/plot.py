@@ -26,8 +26,9 @@ def plot(
     directory: Path,
     stamp: str,
     subtitle: str,
+    latest_name: str = "latest",
 ) -> tuple[Path, Path]:
-    """Write ``bench-<stamp>.png`` and copy it to ``latest.png``; first pool size only."""
+    """Write ``bench-<stamp>.png`` and copy it to ``<latest_name>.png``; first pool size only."""
     pool = config.pool_sizes[0]
     workloads = list(config.workloads)
     fig, axes = plt.subplots(
@@ -74,6 +75,6 @@ def plot(
     path = directory / f"bench-{stamp}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    latest = directory / "latest.png"
+    latest = directory / f"{latest_name}.png"
     shutil.copyfile(path, latest)
     return path, latest

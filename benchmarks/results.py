@@ -104,11 +104,13 @@ def document(
     return doc
 
 
-def write(doc: dict[str, Any], directory: Path, stamp: str) -> tuple[Path, Path]:
-    """Write ``bench-<stamp>.json`` and copy it to ``latest.json``."""
+def write(
+    doc: dict[str, Any], directory: Path, stamp: str, latest_name: str = "latest"
+) -> tuple[Path, Path]:
+    """Write ``bench-<stamp>.json`` and copy it to ``<latest_name>.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"bench-{stamp}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    latest = directory / "latest.json"
+    latest = directory / f"{latest_name}.json"
     shutil.copyfile(path, latest)
     return path, latest

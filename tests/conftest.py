@@ -30,6 +30,23 @@ __all__ = ["IN_CI", "PG_URL"]
 TEST_APP_NAME = "asyncdal-tests"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (rather than skip) a backend-specific test's run on the other backend."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("only_backend")
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("backend") if callspec is not None else None
+        if marker is not None and param is not None and param != marker.args[0]:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
 async def pg_server_url() -> str:
     """``ASYNCDAL_TEST_PG_URL`` once the server answers (for PostgreSQL-only tests)."""

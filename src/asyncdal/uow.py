@@ -92,6 +92,7 @@ class UnitOfWork:
         self._session: AsyncSession | None = None
         self._state = State.NEW
         self._repositories: dict[type[Any], Repository[Any]] = {}
+        self._statement_failed = False
 
     @property
     def read_only(self) -> bool:
@@ -211,6 +212,13 @@ class UnitOfWork:
                     # Detach first: a rollback expires every loaded object, and objects must stay
                     # readable after the unit of work (the contract's expire_on_commit=False).
                     session.expunge_all()
+                if self._read_only and self._statement_failed:
+                    # A read-only connection runs without BEGIN, so the pool's reset on return
+                    # sends nothing: after asyncpg refused a parameter while binding, the server
+                    # would stay inside that half-sent statement, holding its locks, until the
+                    # connection's next use. Replace the connection instead.
+                    await session.invalidate()
+                    return
                 try:
                     # Closing returns the connection; the pool rolls back what is still open.
                     await session.close()
@@ -227,6 +235,7 @@ class UnitOfWork:
         try:
             return await awaitable
         except Exception as error:
+            self._statement_failed = True
             mapped = translate(error, operation, connecting=connecting)
             if mapped is None or mapped is error:
                 raise

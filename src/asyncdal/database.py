@@ -21,6 +21,7 @@ from .errors import (
     ConfigurationError,
     RetryableError,
     UnitOfWorkStateError,
+    translate,
 )
 from .settings import DatabaseSettings
 from .uow import State, UnitOfWork
@@ -245,7 +246,15 @@ class Database(Generic[U]):
                 async with self.unit_of_work(
                     read_only=read_only, isolation_level=isolation_level
                 ) as uow:
-                    result = await fn(uow)
+                    try:
+                        result = await fn(uow)
+                    except Exception as error:
+                        # fn may have used the uow.session escape hatch, whose driver errors are
+                        # raw: classify them too, or a serialization failure there is not retried.
+                        mapped = translate(error, "run_in_transaction(fn)")
+                        if mapped is None or mapped is error:
+                            raise
+                        raise mapped from error
                     if uow.state is State.ACTIVE:
                         await uow.commit()
                     return result

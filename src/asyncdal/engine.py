@@ -17,7 +17,7 @@ from typing import Any, Final
 from uuid import uuid4
 
 from sqlalchemy import event, exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, StaticPool
 
@@ -130,7 +130,14 @@ def _postgres_engine(
         connect_args["prepared_statement_cache_size"] = 0
         connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid4()}__"
     kwargs.update(_pool_kwargs(settings, poolclass))
-    engine = create_async_engine(settings.url, connect_args=connect_args, **kwargs)
+    url = make_url(settings.url)
+    secret = url.query.get("password")
+    if isinstance(secret, str):
+        # SQLAlchemy hides a password only in the user:password@ part of a URL: one given as
+        # ?password= would show in engine.url and its repr. Hand it to the driver directly.
+        connect_args["password"] = secret
+        url = url.difference_update_query(["password"])
+    engine = create_async_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _drop_dead_connection(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Mapper, selectinload
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.sql import ClauseElement
 
-from .errors import InvalidQueryError, NotFoundError
+from .errors import InvalidDataError, InvalidQueryError, NotFoundError
 
 if TYPE_CHECKING:
     from .uow import UnitOfWork
@@ -91,6 +91,24 @@ def _qualname(obj: object) -> str:
 def _shorten(name: object) -> str:
     text = repr(name)
     return text if len(text) <= _NAME_SHOWN else f"{text[:_NAME_SHOWN]}... ({len(text)} chars)"
+
+
+def _check_filter_value(name: str, value: object) -> object:
+    """Refuse, on both backends alike, text that only one of them would accept as a parameter.
+
+    SQLite compares a NUL byte happily, PostgreSQL refuses it; a lone surrogate cannot be encoded
+    for either, but fails differently. Both become ``InvalidDataError`` before any SQL is sent.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidDataError(f"filter {name!r} value must not contain a NUL byte")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidDataError(
+                f"filter {name!r} value must be valid Unicode (no lone surrogates)"
+            ) from None
+    return value
 
 
 def _check_count(name: str, value: object) -> int | None:
@@ -224,7 +242,8 @@ class Repository(Generic[M]):
                 )
             clauses.append(clause)
         for name, value in equals.items():
-            clauses.append(self._info.column(name, "filter") == value)
+            column = self._info.column(name, "filter")
+            clauses.append(column == _check_filter_value(name, value))
         return stmt.where(*clauses) if clauses else stmt
 
     def _order(self, order_by: OrderBy | Sequence[OrderBy] | None) -> builtins.list[Any]:

@@ -137,7 +137,9 @@ async def test_values_a_backend_would_refuse_are_refused_alike_before_any_sql(
 
 
 @pytest.mark.parametrize(
-    "value", [2**63, -(2**63) - 1, "\ud800"], ids=["2**63", "-2**63-1", "lone-surrogate"]
+    "value",
+    [2**63, -(2**63) - 1, "\ud800", "a\x00b"],
+    ids=["2**63", "-2**63-1", "lone-surrogate", "nul-byte"],
 )
 @pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "read-write"])
 async def test_unbindable_filter_values_are_a_typed_error_and_leave_no_transaction_open(

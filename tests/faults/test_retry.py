@@ -345,3 +345,22 @@ async def test_connection_lost_during_commit_is_retried_only_when_idempotent(
         await asyncio.gather(*killers)
     assert killed, "the backend was never seen running COMMIT"
     assert mine.pool_status().checked_out == 0
+
+
+@pytest.mark.only_backend("postgres")
+async def test_retryable_error_raised_through_the_session_escape_hatch_is_retried(
+    mine: Database[UserUnitOfWork],
+) -> None:
+    attempts = 0
+
+    async def raw_then_fine(uow: UserUnitOfWork) -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:  # a raw driver error, as from any uow.session.execute()
+            await uow.session.execute(
+                text("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+            )
+        return "done"
+
+    assert await mine.run_in_transaction(raw_then_fine, attempts=3) == "done"
+    assert attempts == 2

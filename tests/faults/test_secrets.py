@@ -69,6 +69,9 @@ async def test_password_is_in_no_repr(where: str) -> None:
             (db.url, "Database.url"),
             (settings.masked_url, "masked_url"),
             (repr(db.unit_of_work()), "repr(UnitOfWork)"),
+            (str(db.engine.url), "str(engine.url)"),
+            (repr(db.engine), "repr(AsyncEngine)"),
+            (repr(db.engine.sync_engine), "repr(Engine)"),
         ]:
             _assert_hidden(text, place)
     finally:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from .errors import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
+    InvalidQueryError,
     QueryTimeoutError,
     UnitOfWorkStateError,
     translate,
@@ -81,7 +82,7 @@ class UnitOfWork:
         timeout: float | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
-            raise UnitOfWorkStateError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+            raise InvalidQueryError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         self._factory = session_factory
         self._read_only = read_only
         self._write_lock = write_lock

@@ -4,8 +4,8 @@ repeated, each cell on a fresh stack: warm up, then time a fixed number of ops."
 from __future__ import annotations
 
 import asyncio
-import time
 import gc
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator

@@ -43,8 +43,8 @@ BACKENDS = ("sqlite", "postgresql")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: (full run, --quick) defaults for the options that --quick shrinks.
 DEFAULTS: dict[str, tuple[int, int]] = {
-    "ops": (200, 30),
-    "warmup": (100, 10),
+    "ops": (200, 20),
+    "warmup": (100, 5),
     "repeat": (3, 2),
     "bulk_size": (10_000, 500),
 }

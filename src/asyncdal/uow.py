@@ -43,6 +43,22 @@ def _driver_closed(sync_session: Session) -> bool:
     return bool(is_closed()) if callable(is_closed) else False
 
 
+async def _shielded(awaitable: Awaitable[None]) -> None:
+    """Run ``awaitable`` to the end even if this task is cancelled meanwhile (then re-raise)."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as error:
+            cancelled = error
+    if cancelled is not None:
+        raise cancelled
+    if not task.cancelled() and task.exception() is not None:
+        # Cleanup after a cancellation is best effort: the CancelledError is what matters.
+        return
+
+
 class State(enum.Enum):
     """Where a unit of work is in its life."""
 
@@ -188,49 +204,51 @@ class UnitOfWork:
             ) from error
 
     async def _shielded_close(self, *, rollback: bool) -> None:
-        """Roll back if asked, close the session, release the write lock, even when cancelled."""
+        """Close the session (rolling back what is open) and release the write lock, also when
+        the task is cancelled meanwhile."""
         if self._state is State.CLOSED:
             return
         self._state = State.CLOSED
         session, self._session = self._session, None
-        cleanup = asyncio.ensure_future(self._close(session, rollback=rollback))
-        cancelled: asyncio.CancelledError | None = None
-        while not cleanup.done():
-            try:
-                await asyncio.shield(cleanup)
-            except asyncio.CancelledError as error:
-                # Keep waiting: the connection must go back to the pool before we give way.
-                cancelled = error
-        if cancelled is not None:
-            # The caller's own CancelledError, untouched (its message included).
-            raise cancelled
-        cleanup.result()
-
-    async def _close(self, session: AsyncSession | None, *, rollback: bool) -> None:
         try:
             if session is not None:
-                if rollback:
-                    # Detach first: a rollback expires every loaded object, and objects must stay
-                    # readable after the unit of work (the contract's expire_on_commit=False).
-                    session.expunge_all()
-                if self._read_only and self._statement_failed:
-                    # A read-only connection runs without BEGIN, so the pool's reset on return
-                    # sends nothing: after asyncpg refused a parameter while binding, the server
-                    # would stay inside that half-sent statement, holding its locks, until the
-                    # connection's next use. Replace the connection instead.
-                    await session.invalidate()
-                    return
+                # Closed directly, not in a shielded task: a task per unit of work cost ~15% of
+                # a read's CPU. A cancellation arriving meanwhile is handled below.
                 try:
-                    # Closing returns the connection; the pool rolls back what is still open.
-                    await session.close()
-                except Exception:
-                    # The connection is broken (lost, cancelled mid-statement): drop it from the
-                    # pool rather than hand it to the next unit of work.
-                    await session.invalidate()
+                    await self._close(session, rollback=rollback)
+                except asyncio.CancelledError:
+                    # SQLAlchemy has already rolled back or invalidated the connection on its
+                    # way back to the pool (a reset that fails invalidates it). Make certain the
+                    # session lets go of everything, where no cancellation can reach, then give
+                    # way: the caller's own CancelledError propagates untouched.
+                    await _shielded(session.invalidate())
+                    raise
         finally:
+            # Only now: the next SQLite writer must not begin before this one's transaction is
+            # gone, or it would wait in SQLite's busy handler behind it.
             if self._holds_lock and self._write_lock is not None:
                 self._holds_lock = False
                 self._write_lock.release()
+
+    async def _close(self, session: AsyncSession, *, rollback: bool) -> None:
+        if rollback:
+            # Detach first: a rollback expires every loaded object, and objects must stay
+            # readable after the unit of work (the contract's expire_on_commit=False).
+            session.expunge_all()
+        if self._read_only and self._statement_failed:
+            # A read-only connection runs without BEGIN, so the pool's reset on return sends
+            # nothing: after asyncpg refused a parameter while binding, the server would stay
+            # inside that half-sent statement, holding its locks, until the connection's next
+            # use. Replace the connection instead.
+            await session.invalidate()
+            return
+        try:
+            # Closing returns the connection; the pool rolls back what is still open.
+            await session.close()
+        except Exception:
+            # The connection is broken (lost, cancelled mid-statement): drop it from the pool
+            # rather than hand it to the next unit of work.
+            await session.invalidate()
 
     async def _run(self, operation: str, awaitable: Awaitable[T], *, connecting: bool = False) -> T:
         try:

@@ -229,6 +229,11 @@ class UnitOfWork:
             if self._holds_lock and self._write_lock is not None:
                 self._holds_lock = False
                 self._write_lock.release()
+        # Let the task the pool just woke take the connection we returned. Without this yield a
+        # task that opens its next unit of work at once takes it back first (the pool's queue
+        # does not hand over), and the waiter goes to the back of the line: p99 at 16 tasks on
+        # a pool of 10 went from 23 ms to 123 ms.
+        await asyncio.sleep(0)
 
     async def _close(self, session: AsyncSession, *, rollback: bool) -> None:
         if rollback:

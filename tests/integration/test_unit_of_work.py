@@ -9,6 +9,7 @@ from asyncdal.errors import ConflictError, UnitOfWorkStateError
 from asyncdal.models import User
 from asyncdal.uow import State
 from asyncdal.users import UserUnitOfWork
+from tests.support import Backend
 
 
 async def _count(db: Database[UserUnitOfWork]) -> int:
@@ -156,3 +157,25 @@ async def test_unit_of_work_timeout_rolls_back_and_raises(db: Database[UserUnitO
             await uow.commit()
     assert await _count(db) == 0
     assert db.pool_status().checked_out == 0
+
+
+async def test_pooled_connection_is_handed_to_waiters_in_turn(backend: Backend) -> None:
+    import asyncio
+
+    db = backend.database(application_name="asyncdal-fairness", pool_size=1, max_overflow=0)
+    order: list[int] = []
+
+    async def worker(n: int) -> None:
+        for _ in range(5):
+            async with db.unit_of_work(read_only=True) as uow:
+                await uow.users.count()
+            order.append(n)
+
+    try:
+        await asyncio.gather(*(worker(n) for n in range(3)))
+    finally:
+        await db.dispose()
+    # A task that opens its next unit of work at once must not take the connection back
+    # before the tasks already waiting for it: every task gets a turn in each round.
+    assert sorted(order[:3]) == [0, 1, 2], order
+    assert all(sorted(order[i : i + 3]) == [0, 1, 2] for i in range(0, 15, 3)), order

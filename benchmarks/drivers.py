@@ -20,7 +20,10 @@ from sqlalchemy.engine import make_url
 from asyncdal import DatabaseSettings
 from benchmarks.stacks import Change, MissingRowError, Stack, StaleRowError
 
-_SELECT_AGE = "SELECT age FROM users WHERE id = {0}"
+# A read fetches the whole user, as the ORM stacks do, and hands back its age.
+_SELECT_USER = (
+    "SELECT id, name, age, email, created_at, updated_at, version FROM users WHERE id = {0}"
+)
 _SELECT_ROW = "SELECT age, version FROM users WHERE id = {0}"
 _INSERT = (
     "INSERT INTO users (name, age, created_at, updated_at, version) "
@@ -65,7 +68,7 @@ class PostgresDriver:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._select_age = _sql(_SELECT_AGE, "numeric")
+        self._select_user = _sql(_SELECT_USER, "numeric")
         self._select_row = _sql(_SELECT_ROW, "numeric")
         self._insert = _sql(_INSERT, "numeric")
         self._bulk_insert = _sql(_BULK_INSERT, "numeric")
@@ -83,8 +86,8 @@ class PostgresDriver:
 
     async def get_age(self, user_id: int) -> int | None:
         async with self._pool.acquire() as conn:
-            age: int | None = await conn.fetchval(self._select_age, user_id)
-            return age
+            row = await conn.fetchrow(self._select_user, user_id)
+            return None if row is None else int(row["age"])
 
     async def add_user(self, name: str, age: int) -> None:
         now = datetime.now(UTC)
@@ -123,7 +126,7 @@ class SqliteDriver:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
-        self._select_age = _sql(_SELECT_AGE, "qmark")
+        self._select_user = _sql(_SELECT_USER, "qmark")
         self._select_row = _sql(_SELECT_ROW, "qmark")
         self._insert = _sql(_INSERT, "qmark")
         self._bulk_insert = _sql(_BULK_INSERT, "qmark")
@@ -145,9 +148,9 @@ class SqliteDriver:
 
     async def get_age(self, user_id: int) -> int | None:
         async with self._lock:
-            rows = await self._conn.execute_fetchall(self._select_age, (user_id,))
-        for (age,) in rows:
-            return int(age)
+            rows = await self._conn.execute_fetchall(self._select_user, (user_id,))
+        for row in rows:
+            return int(row[2])
         return None
 
     async def _write(self, sql: str, params: Sequence[Any]) -> None:

@@ -189,7 +189,16 @@ class CoreStack:
         self._engine = engine
         self._read, self._write = _readers_and_writers(engine)
         users = users_table()
-        self._select_age = select(users.c.age).where(users.c.id == bindparam("uid"))
+        # A read fetches the whole user, as the ORM stacks do.
+        self._select_user = select(
+            users.c.id,
+            users.c.name,
+            users.c.age,
+            users.c.email,
+            users.c.created_at,
+            users.c.updated_at,
+            users.c.version,
+        ).where(users.c.id == bindparam("uid"))
         self._select_row = select(users.c.age, users.c.version).where(
             users.c.id == bindparam("uid")
         )
@@ -207,8 +216,8 @@ class CoreStack:
 
     async def get_age(self, user_id: int) -> int | None:
         async with self._read.begin() as conn:
-            result = await conn.execute(self._select_age, {"uid": user_id})
-            return result.scalar_one_or_none()
+            row = (await conn.execute(self._select_user, {"uid": user_id})).one_or_none()
+            return None if row is None else int(row.age)
 
     async def add_user(self, name: str, age: int) -> None:
         now = _now()

@@ -21,7 +21,7 @@ from .errors import (
     ConfigurationError,
     RetryableError,
     UnitOfWorkStateError,
-    translate,
+    raise_translated,
 )
 from .settings import DatabaseSettings
 from .uow import State, UnitOfWork
@@ -251,10 +251,7 @@ class Database(Generic[U]):
                     except Exception as error:
                         # fn may have used the uow.session escape hatch, whose driver errors are
                         # raw: classify them too, or a serialization failure there is not retried.
-                        mapped = translate(error, "run_in_transaction(fn)")
-                        if mapped is None or mapped is error:
-                            raise
-                        raise mapped from error
+                        raise_translated(error, "run_in_transaction(fn)")
                     if uow.state is State.ACTIVE:
                         await uow.commit()
                     return result

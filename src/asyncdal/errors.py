@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from typing import Final
+from typing import Final, NoReturn
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import exc as orm_exc
@@ -254,6 +254,15 @@ def translate(
         return error
     detail = _describe(error)
     return mapped(f"{operation} failed: {detail}")
+
+
+def raise_translated(error: Exception, operation: str, *, connecting: bool = False) -> NoReturn:
+    """Raise the asyncdal error for ``error``, chained ``from`` it, or ``error`` itself when it is
+    not ours to map (or already is one)."""
+    mapped = translate(error, operation, connecting=connecting)
+    if mapped is None or mapped is error:
+        raise error
+    raise mapped from error
 
 
 def _describe(error: BaseException) -> str:

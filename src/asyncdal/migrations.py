@@ -17,7 +17,7 @@ import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from .database import Database
 from .engine import SQLITE_BEGIN, create_engine
-from .errors import DataAccessError, translate
+from .errors import DataAccessError, raise_translated
 from .settings import DatabaseSettings
 
 #: pg_advisory_xact_lock key: the bytes of "asyncdal" as a signed 64-bit integer.
@@ -77,23 +77,16 @@ async def _run_command(db: Database[Any] | AsyncEngine, fn: Callable[[Config], N
     try:
         connection = await engine.connect()
     except Exception as error:
-        _reraise_translated(error, "migrations: connecting", connecting=True)
+        raise_translated(error, "migrations: connecting", connecting=True)
     try:
         await connection.run_sync(in_sync)
         await connection.commit()
     except Exception as error:
         # A failed revision: PostgreSQL rolled the whole upgrade back, SQLite too (one
         # transaction); say so with an asyncdal error, the driver's chained as __cause__.
-        _reraise_translated(error, "migrations")
+        raise_translated(error, "migrations")
     finally:
         await connection.close()
-
-
-def _reraise_translated(error: Exception, operation: str, *, connecting: bool = False) -> NoReturn:
-    mapped = translate(error, operation, connecting=connecting)
-    if mapped is None or mapped is error:
-        raise error
-    raise mapped from error
 
 
 async def upgrade(db: Database[Any] | AsyncEngine, revision: str = "head") -> None:
@@ -182,7 +175,7 @@ async def _run_with_url(url: str) -> None:
         try:
             connection = await engine.connect()
         except Exception as error:
-            _reraise_translated(error, f"connecting to {settings.masked_url}", connecting=True)
+            raise_translated(error, f"connecting to {settings.masked_url}", connecting=True)
         # Not `async with connection`: it is started already, and entering would start it again.
         try:
             await connection.run_sync(run_migrations)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar, cast, get_args, overload
 
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool, QueuePool
 
@@ -44,6 +44,15 @@ class _ReadOnlySession(Session):
                 "cannot flush: the unit of work is read-only "
                 "(open one with read_only=False to write)"
             )
+
+
+def _sessions(engine: AsyncEngine, *, read_only: bool) -> async_sessionmaker[AsyncSession]:
+    """The session factory every unit of work draws from: objects stay readable after commit."""
+    return async_sessionmaker(
+        engine,
+        expire_on_commit=False,
+        sync_session_class=_ReadOnlySession if read_only else Session,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,15 +139,13 @@ class Database(Generic[U]):
             # One shared connection: a reader without BEGIN would still see a writer's open
             # transaction on it, so in-memory databases read inside transactions too.
             read_engine = self._engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
-        self._writers = async_sessionmaker(write_engine, expire_on_commit=False, autoflush=True)
-        self._readers = async_sessionmaker(
-            read_engine, expire_on_commit=False, sync_session_class=_ReadOnlySession
-        )
+        self._writers = _sessions(write_engine, read_only=False)
+        self._readers = _sessions(read_engine, read_only=True)
         # SQLite has one writer at a time: queue ours in-process, first come first served. An
         # in-memory database has one connection, so its readers must queue behind writers too.
         self._write_lock = WriteLock(settings.sqlite_busy_timeout) if sqlite else None
         self._share_lock_with_readers = sqlite and settings.is_memory
-        self._isolated: dict[tuple[bool, str], async_sessionmaker[Any]] = {}
+        self._isolated: dict[tuple[bool, str], async_sessionmaker[AsyncSession]] = {}
 
     @classmethod
     @overload
@@ -265,7 +272,9 @@ class Database(Generic[U]):
                 self._log_retry(error, attempt, attempts)
             await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
 
-    def _factory(self, read_only: bool, isolation_level: str | None) -> async_sessionmaker[Any]:
+    def _factory(
+        self, read_only: bool, isolation_level: str | None
+    ) -> async_sessionmaker[AsyncSession]:
         if isolation_level is None:
             return self._readers if read_only else self._writers
         if isolation_level not in _ISOLATION_LEVELS:
@@ -281,12 +290,7 @@ class Database(Generic[U]):
         found = self._isolated.get(key)
         if found is None:
             engine = self._engine.execution_options(isolation_level=isolation_level)
-            found = self._isolated[key] = async_sessionmaker(
-                engine,
-                expire_on_commit=False,
-                autoflush=True,
-                sync_session_class=_ReadOnlySession if read_only else Session,
-            )
+            found = self._isolated[key] = _sessions(engine, read_only=read_only)
         return found
 
     @staticmethod

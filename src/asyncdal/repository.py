@@ -272,8 +272,11 @@ class Repository(Generic[M]):
             raise InvalidQueryError(f"{op} needs a primary key, got None")
         options = self._options(load)
         by_pk = self._info.by_pk
-        key = self._info.mapper.identity_key_from_primary_key((ident,))
-        if by_pk is None or options or key in session.identity_map:
+        if (
+            by_pk is None
+            or options
+            or self._info.mapper.identity_key_from_primary_key((ident,)) in session.identity_map
+        ):
             # Session.get() knows about expired, deleted and composite-key objects.
             return await self._uow._run(op, session.get(self._model, ident, options=options))
         # Fast path for an object not loaded yet: one prebuilt statement, whose cache key and

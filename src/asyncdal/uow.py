@@ -44,7 +44,8 @@ def _driver_closed(sync_session: Session) -> bool:
 
 
 async def _shielded(awaitable: Awaitable[None]) -> None:
-    """Run ``awaitable`` to the end even if this task is cancelled meanwhile (then re-raise)."""
+    """Run ``awaitable`` to the end even if this task is cancelled meanwhile (then re-raise);
+    only used after a cancellation, so its own failure is dropped."""
     task = asyncio.ensure_future(awaitable)
     cancelled: asyncio.CancelledError | None = None
     while not task.done():
@@ -52,11 +53,11 @@ async def _shielded(awaitable: Awaitable[None]) -> None:
             await asyncio.shield(task)
         except asyncio.CancelledError as error:
             cancelled = error
+    if not task.cancelled():
+        # Best effort: retrieve (and drop) a cleanup failure; the CancelledError is what matters.
+        task.exception()
     if cancelled is not None:
         raise cancelled
-    if not task.cancelled() and task.exception() is not None:
-        # Cleanup after a cancellation is best effort: the CancelledError is what matters.
-        return
 
 
 class State(enum.Enum):

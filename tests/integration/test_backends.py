@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from asyncdal import Database, DatabaseSettings
+from asyncdal.migrations import upgrade
 from asyncdal.models import User
 from asyncdal.users import UserUnitOfWork
 from tests.support import Backend, count_statements
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database[UserUnitOfWork]]:
+    """A fresh SQLite file of this test's own, migrated to head."""
+    async with Database(
+        f"sqlite+aiosqlite:///{tmp_path / 'own.db'}", unit_of_work=UserUnitOfWork
+    ) as db:
+        await upgrade(db)
+        yield db
 
 
 @pytest.mark.sqlite
@@ -37,52 +50,36 @@ async def test_every_pooled_sqlite_connection_has_wal_and_foreign_keys(
 
 @pytest.mark.sqlite
 async def test_sqlite_writer_begins_immediate_and_reader_sends_no_begin(
-    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_db: Database[UserUnitOfWork],
 ) -> None:
-    from asyncdal.migrations import upgrade
-
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('begin') / 'b.db'}"
-    db = Database(url, unit_of_work=UserUnitOfWork)
-    try:
-        await upgrade(db)
-        with count_statements(db.engine) as statements:
-            async with db.unit_of_work() as uow:
-                await uow.users.add(User(name="W", age=1))
-                await uow.commit()
-        assert statements[0] == "BEGIN IMMEDIATE"
-        with count_statements(db.engine) as statements:
-            async with db.unit_of_work(read_only=True) as uow:
-                await uow.users.count()
-        assert not any(s.startswith("BEGIN") for s in statements)
-    finally:
-        await db.dispose()
+    db = sqlite_db
+    with count_statements(db.engine) as statements:
+        async with db.unit_of_work() as uow:
+            await uow.users.add(User(name="W", age=1))
+            await uow.commit()
+    assert statements[0] == "BEGIN IMMEDIATE"
+    with count_statements(db.engine) as statements:
+        async with db.unit_of_work(read_only=True) as uow:
+            await uow.users.count()
+    assert not any(s.startswith("BEGIN") for s in statements)
 
 
 @pytest.mark.sqlite
 async def test_sqlite_reader_is_not_blocked_by_an_open_writer(
-    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_db: Database[UserUnitOfWork],
 ) -> None:
-    from asyncdal.migrations import upgrade
-
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('readers') / 'r.db'}"
-    db = Database(url, unit_of_work=UserUnitOfWork)
-    try:
-        await upgrade(db)
-        async with db.unit_of_work() as writer:
-            await writer.users.add(User(name="Uncommitted", age=1))
-            async with asyncio.timeout(2), db.unit_of_work(read_only=True) as reader:
-                assert await reader.users.count() == 0
-            await writer.commit()
-        async with db.unit_of_work(read_only=True) as reader:
-            assert await reader.users.count() == 1
-    finally:
-        await db.dispose()
+    db = sqlite_db
+    async with db.unit_of_work() as writer:
+        await writer.users.add(User(name="Uncommitted", age=1))
+        async with asyncio.timeout(2), db.unit_of_work(read_only=True) as reader:
+            assert await reader.users.count() == 0
+        await writer.commit()
+    async with db.unit_of_work(read_only=True) as reader:
+        assert await reader.users.count() == 1
 
 
 @pytest.mark.sqlite
 async def test_in_memory_sqlite_shares_one_connection_and_serialises_units_of_work() -> None:
-    from asyncdal.migrations import upgrade
-
     async with Database("sqlite+aiosqlite://", unit_of_work=UserUnitOfWork) as db:
         await upgrade(db)
 
@@ -157,20 +154,17 @@ async def test_pgbouncer_mode_works_without_statement_caches(pg_backend: Backend
 
 @pytest.mark.sqlite
 async def test_sqlite_uses_the_one_hop_adapter_and_still_rolls_back_open_work(
-    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_db: Database[UserUnitOfWork],
 ) -> None:
     from asyncdal._sqlite import OneHopConnection
-    from asyncdal.migrations import upgrade
 
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('onehop') / 'o.db'}"
-    async with Database(url, unit_of_work=UserUnitOfWork) as db:
-        await upgrade(db)
-        async with db.unit_of_work() as uow:
-            raw = await (await uow.session.connection()).get_raw_connection()
-            assert isinstance(raw.dbapi_connection, OneHopConnection)
-            await uow.users.add(User(name="Open", age=1))
-            assert raw.dbapi_connection._in_transaction
-        async with db.unit_of_work(read_only=True) as uow:
-            assert await uow.users.count() == 0
-            rows = (await uow.session.execute(text("SELECT 1 UNION SELECT 2"))).all()
-        assert [tuple(r) for r in rows] == [(1,), (2,)]
+    db = sqlite_db
+    async with db.unit_of_work() as uow:
+        raw = await (await uow.session.connection()).get_raw_connection()
+        assert isinstance(raw.dbapi_connection, OneHopConnection)
+        await uow.users.add(User(name="Open", age=1))
+        assert raw.dbapi_connection._in_transaction
+    async with db.unit_of_work(read_only=True) as uow:
+        assert await uow.users.count() == 0
+        rows = (await uow.session.execute(text("SELECT 1 UNION SELECT 2"))).all()
+    assert [tuple(r) for r in rows] == [(1,), (2,)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from threading import Thread
 from typing import Any
 
@@ -31,6 +31,7 @@ from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
 _Outcome = tuple[Any, list[Any], int, int | None, bool]
+_Work = Callable[[aiosqlite.Connection, str, Any], _Outcome]
 
 
 def _run_statement(connection: aiosqlite.Connection, operation: str, parameters: Any) -> _Outcome:
@@ -99,37 +100,24 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     def close(self) -> None:
         self._rows.clear()
 
-    async def _finish(self, outcome: Any) -> None:
-        description, rows, rowcount, lastrowid, in_transaction = outcome
-        self._description = description
-        self._rows = collections.deque(rows)
-        self._rowcount = rowcount
-        self._lastrowid = lastrowid
+    async def _hop(self, work: _Work, operation: str, params: Any) -> None:
+        """Run ``work`` in the worker thread, then keep what it reports."""
         adapt = self._adapt_connection
         assert isinstance(adapt, OneHopConnection)
-        adapt._in_transaction = in_transaction
-
-    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
-        adapt = self._adapt_connection
-        assert isinstance(adapt, OneHopConnection)
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         async with adapt._execute_mutex:
             adapt._in_transaction = True  # unknown until the statement reports back
-            connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-            outcome = await connection._execute(  # type: ignore[no-untyped-call]  # unannotated
-                _run_statement, connection, operation, parameters
+            outcome: _Outcome = await connection._execute(  # type: ignore[no-untyped-call]  # unannotated
+                work, connection, operation, params
             )
-            await self._finish(outcome)
+        self._description, rows, self._rowcount, self._lastrowid, adapt._in_transaction = outcome
+        self._rows = collections.deque(rows)
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+        await self._hop(_run_statement, operation, parameters)
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Sequence[Any]) -> Any:
-        adapt = self._adapt_connection
-        assert isinstance(adapt, OneHopConnection)
-        async with adapt._execute_mutex:
-            adapt._in_transaction = True
-            connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-            outcome = await connection._execute(  # type: ignore[no-untyped-call]  # unannotated
-                _run_many, connection, operation, seq_of_parameters
-            )
-            await self._finish(outcome)
+        await self._hop(_run_many, operation, seq_of_parameters)
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):

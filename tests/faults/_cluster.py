@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -219,17 +220,32 @@ class Cluster:
 # -- PostgreSQL helpers shared by the fault tests ----------------------------------------------
 
 
-async def backend_pids(dsn: str, application_name: str) -> list[int]:
-    """The server pids of the backends whose ``application_name`` is ours, on ``dsn``'s server."""
+@dataclass(frozen=True)
+class Activity:
+    """One server backend of ours, as ``pg_stat_activity`` shows it."""
+
+    pid: int
+    state: str | None
+    query: str
+
+
+async def backend_activity(dsn: str, application_name: str) -> list[Activity]:
+    """The backends whose ``application_name`` is ours on ``dsn``'s server, by pid."""
     admin = await asyncpg.connect(dsn, server_settings={"application_name": _ADMIN_APP})
     try:
         rows = await admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+            "SELECT pid, state, query FROM pg_stat_activity "
+            "WHERE application_name = $1 AND pid <> pg_backend_pid() ORDER BY pid",
             application_name,
         )
     finally:
         await admin.close()
-    return [row["pid"] for row in rows]
+    return [Activity(row["pid"], row["state"], row["query"]) for row in rows]
+
+
+async def backend_pids(dsn: str, application_name: str) -> list[int]:
+    """The server pids of the backends whose ``application_name`` is ours, on ``dsn``'s server."""
+    return [activity.pid for activity in await backend_activity(dsn, application_name)]
 
 
 async def terminate(dsn: str, application_name: str, pids: list[int] | None = None) -> list[int]:

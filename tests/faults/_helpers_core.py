@@ -10,44 +10,23 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from sqlalchemy import Result, text
 from sqlalchemy.engine import make_url
 
 from asyncdal import Database, UnitOfWork
+from tests.faults._cluster import Activity, backend_activity
 from tests.support import pg_admin_dsn
 
 PROBE_APP = "asyncdal-faults-probe"
 
 
-@dataclass(frozen=True)
-class Activity:
-    """One server backend of ours, as ``pg_stat_activity`` shows it."""
-
-    pid: int
-    state: str | None
-    query: str
-
-
 async def pg_activity(db: Database[Any]) -> list[Activity]:
-    """The backends whose ``application_name`` is ``db``'s own, seen from a probe connection."""
+    """The backends whose ``application_name`` is ``db``'s own."""
     url = db.settings.url
-    database = make_url(url).database or "postgres"
-    probe = await asyncpg.connect(
-        pg_admin_dsn(url, database), server_settings={"application_name": PROBE_APP}
-    )
-    try:
-        rows = await probe.fetch(
-            "SELECT pid, state, query FROM pg_stat_activity "
-            "WHERE application_name = $1 AND pid <> pg_backend_pid()",
-            db.settings.application_name,
-        )
-    finally:
-        await probe.close()
-    return [Activity(row["pid"], row["state"], row["query"]) for row in rows]
+    dsn = pg_admin_dsn(url, make_url(url).database or "postgres")
+    return await backend_activity(dsn, db.settings.application_name)
 
 
 async def eventually(

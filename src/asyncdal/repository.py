@@ -9,15 +9,18 @@ bound parameters.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeAlias, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, bindparam, exists, func, inspect, select
-from sqlalchemy.orm import InstrumentedAttribute, Mapper, selectinload
+from sqlalchemy import ColumnElement, Select, exists, func, select
+from sqlalchemy.orm import InstrumentedAttribute, selectinload
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.sql import ClauseElement
 
-from .errors import InvalidDataError, InvalidQueryError, NotFoundError
+from . import _bulk, _pages, _upsert
+from ._model import check_count, check_filter_value, model_info, shorten
+from .errors import InvalidQueryError, NotFoundError
 
 if TYPE_CHECKING:
     from .uow import UnitOfWork
@@ -27,96 +30,13 @@ M = TypeVar("M")
 OrderBy: TypeAlias = "str | ColumnElement[Any] | InstrumentedAttribute[Any]"
 Load: TypeAlias = "str | ORMOption"
 
-_NAME_SHOWN = 60
 
+@dataclass(frozen=True, slots=True)
+class Page(Generic[M]):
+    """One keyset page: its objects, and the cursor of the next page (``None`` on the last)."""
 
-class _ModelInfo:
-    """What the repository needs to know of a mapped class, computed once per class."""
-
-    def __init__(self, model: type[Any]) -> None:
-        mapper: Mapper[Any] | None = inspect(model, raiseerr=False)
-        if not isinstance(mapper, Mapper):
-            raise InvalidQueryError(f"{_qualname(model)} is not a mapped class")
-        self.name = mapper.class_.__name__
-        self.mapper = mapper
-        # Underscored attributes (the insert sentinel) are plumbing, not filterable fields.
-        self.columns: dict[str, InstrumentedAttribute[Any]] = {
-            attr.key: getattr(model, attr.key)
-            for attr in mapper.column_attrs
-            if not attr.key.startswith("_")
-        }
-        self.relationships: dict[str, InstrumentedAttribute[Any]] = {
-            rel.key: getattr(model, rel.key) for rel in mapper.relationships
-        }
-        self.primary_key = mapper.primary_key
-        self.by_pk: Select[Any] | None = None
-        if len(mapper.primary_key) == 1:
-            self.by_pk = select(model).where(mapper.primary_key[0] == bindparam("pk"))
-
-    def column(self, name: object, what: str) -> InstrumentedAttribute[Any]:
-        if isinstance(name, str):
-            found = self.columns.get(name)
-            if found is not None:
-                return found
-        raise InvalidQueryError(
-            f"unknown {what} {_shorten(name)} for {self.name}: "
-            f"expected one of {', '.join(sorted(self.columns))}"
-        )
-
-    def relationship(self, name: str) -> InstrumentedAttribute[Any]:
-        found = self.relationships.get(name)
-        if found is None:
-            expected = ", ".join(sorted(self.relationships)) or "(none)"
-            raise InvalidQueryError(
-                f"unknown relationship {_shorten(name)} to load for {self.name}: "
-                f"expected one of {expected}"
-            )
-        return found
-
-
-_INFO: dict[type[Any], _ModelInfo] = {}
-
-
-def _info(model: type[Any]) -> _ModelInfo:
-    found = _INFO.get(model)
-    if found is None:
-        found = _INFO[model] = _ModelInfo(model)
-    return found
-
-
-def _qualname(obj: object) -> str:
-    return getattr(obj, "__qualname__", type(obj).__name__)
-
-
-def _shorten(name: object) -> str:
-    text = repr(name)
-    return text if len(text) <= _NAME_SHOWN else f"{text[:_NAME_SHOWN]}... ({len(text)} chars)"
-
-
-def _check_filter_value(name: str, value: object) -> object:
-    """Refuse, on both backends alike, text that only one of them would accept as a parameter.
-
-    SQLite compares a NUL byte happily, PostgreSQL refuses it; a lone surrogate cannot be encoded
-    for either, but fails differently. Both become ``InvalidDataError`` before any SQL is sent.
-    """
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidDataError(f"filter {name!r} value must not contain a NUL byte")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidDataError(
-                f"filter {name!r} value must be valid Unicode (no lone surrogates)"
-            ) from None
-    return value
-
-
-def _check_count(name: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidQueryError(f"{name} must be an integer >= 0 or None, got {_shorten(value)}")
-    return value
+    items: list[M]
+    next_cursor: str | None
 
 
 class Repository(Generic[M]):
@@ -144,7 +64,7 @@ class Repository(Generic[M]):
             )
         self._uow = uow
         self._model: type[M] = chosen
-        self._info = _info(chosen)
+        self._info = model_info(chosen)
         self._label = type(self).__name__ if model is None else f"Repository[{self._info.name}]"
 
     @classmethod
@@ -226,25 +146,31 @@ class Repository(Generic[M]):
                 options.append(item)
             else:
                 raise InvalidQueryError(
-                    f"load takes relationship names or loader options, got {_shorten(item)}"
+                    f"load takes relationship names or loader options, got {shorten(item)}"
                 )
         return options
 
     def _where(
         self, where: Sequence[object], equals: Mapping[str, Any], stmt: Select[Any]
     ) -> Select[Any]:
+        clauses = self._clauses(where, equals)
+        return stmt.where(*clauses) if clauses else stmt
+
+    def _clauses(
+        self, where: Sequence[object], equals: Mapping[str, Any]
+    ) -> builtins.list[ColumnElement[bool]]:
         clauses: builtins.list[Any] = []
         for clause in where:
             if not isinstance(clause, ClauseElement):
                 raise InvalidQueryError(
                     "filters must be SQLAlchemy expressions such as User.age >= 18, "
-                    f"got {_shorten(clause)}"
+                    f"got {shorten(clause)}"
                 )
             clauses.append(clause)
         for name, value in equals.items():
             column = self._info.column(name, "filter")
-            clauses.append(column == _check_filter_value(name, value))
-        return stmt.where(*clauses) if clauses else stmt
+            clauses.append(column == check_filter_value(name, value))
+        return clauses
 
     def _order(self, order_by: OrderBy | Sequence[OrderBy] | None) -> builtins.list[Any]:
         if order_by is None:
@@ -260,7 +186,7 @@ class Repository(Generic[M]):
                 result.append(item)
             else:
                 raise InvalidQueryError(
-                    f"order_by takes column names ('name', '-age') or columns, got {_shorten(item)}"
+                    f"order_by takes column names ('name', '-age') or columns, got {shorten(item)}"
                 )
         return result
 
@@ -314,8 +240,8 @@ class Repository(Generic[M]):
         session = self._uow._require_active(op)
         stmt = self._where(where, equals, select(self._model))
         stmt = stmt.order_by(*self._order(order_by))
-        checked_limit = _check_count("limit", limit)
-        checked_offset = _check_count("offset", offset)
+        checked_limit = check_count("limit", limit)
+        checked_offset = check_count("offset", offset)
         if checked_limit is not None:
             stmt = stmt.limit(checked_limit)
         if checked_offset:
@@ -341,6 +267,168 @@ class Repository(Generic[M]):
         inner = self._where(where, equals, select(*self._info.primary_key))
         value = await self._uow._run(op, session.scalar(select(exists(inner))))
         return bool(value)
+
+    # -- data at scale (the work is done in _upsert, _bulk and _pages) -------------------------
+
+    async def upsert(
+        self,
+        obj_or_values: M | Mapping[str, Any],
+        *,
+        on: Sequence[str],
+        update: Sequence[str] | None = None,
+    ) -> M:
+        """Insert, or on a conflict on the unique columns ``on`` update ``update``, atomically.
+
+        One ``INSERT ... ON CONFLICT ... DO UPDATE ... RETURNING`` on both backends: concurrent
+        upserts of one key never fail. ``update`` defaults to every given non-key column; the
+        update moves ``version`` and ``onupdate`` columns (``updated_at``) as a flush would.
+        Returns the row as it now stands, as a tracked object (one already loaded in this unit
+        of work is refreshed, not duplicated); an object passed in is left untouched.
+
+        Raises:
+            InvalidQueryError: ``on`` is not exactly a primary key or unique constraint, or a
+                name is unknown (before any SQL).
+            InvalidDataError: a validator refused a value.
+
+        Example:
+            >>> user = await uow.users.upsert(
+            ...     {"email": "ann@example.com", "name": "Ann", "age": 30}, on=("email",)
+            ... )  # doctest: +SKIP
+        """
+        return cast("M", await _upsert.upsert(self, obj_or_values, on, update))
+
+    async def get_or_create(
+        self, defaults: Mapping[str, Any] | None = None, **key: Any
+    ) -> tuple[M, bool]:
+        """The row with this unique ``key``, created from ``key`` and ``defaults`` if absent.
+
+        Race-free: ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, then a read of the row that
+        won. Concurrent callers with one key all get the same row, exactly one with
+        ``created=True``. ``key`` must be exactly a primary key or unique constraint.
+
+        Raises:
+            InvalidQueryError: ``key`` is not a unique constraint's columns, or a name is unknown.
+            InvalidDataError: a validator refused a value.
+
+        Example:
+            >>> user, created = await uow.users.get_or_create(
+            ...     email="ann@example.com", defaults={"name": "Ann", "age": 30}
+            ... )  # doctest: +SKIP
+        """
+        found, created = await _upsert.get_or_create(self, defaults, key)
+        return cast("M", found), created
+
+    async def insert_many(
+        self, rows: Iterable[M | Mapping[str, Any]], *, batch_size: int = 10_000
+    ) -> int:
+        """Insert ``rows`` (dicts or new objects) without tracked objects; returns the count.
+
+        Rows are checked as objects are (unknown names, the model's validators) and completed
+        with Python-side defaults and the version start, before their batch is sent. All or
+        nothing: the call runs in a savepoint, so after an error nothing of it stays. PostgreSQL
+        uses ``COPY``, SQLite one ``executemany`` per batch. Objects passed in are not added to
+        the unit of work and get no ids.
+
+        Raises:
+            InvalidQueryError: an unknown or managed (``version``) name, or not a row.
+            InvalidDataError: a validator refused a value.
+            ConflictError: a constraint refused a row (nothing of the call stays).
+
+        Example:
+            >>> n = await uow.users.insert_many({"name": f"u{i}", "age": 20} for i in range(9))
+            ... # doctest: +SKIP
+        """
+        return await _bulk.insert_many(self, rows, batch_size)
+
+    async def update_where(
+        self, *where: ColumnElement[bool], all_rows: bool = False, **values: Any
+    ) -> int:
+        """Set ``values`` on every row matching ``where`` in one statement; returns the count.
+
+        Values are checked as on ``update()``; ``version`` moves by one and ``onupdate`` columns
+        (``updated_at``) are set, as a flush would. Objects of those rows already loaded in this
+        unit of work show the new values afterwards (``synchronize_session="fetch"``: matched
+        by the keys the UPDATE returns), except attributes changed on them and not flushed.
+
+        Raises:
+            InvalidQueryError: no filter and not ``all_rows=True``, no values, an unknown name.
+            InvalidDataError: a validator refused a value.
+
+        Example:
+            >>> n = await uow.users.update_where(User.age < 18, name="minor")  # doctest: +SKIP
+        """
+        return await _bulk.update_where(self, where, values, all_rows)
+
+    async def delete_where(
+        self, *where: ColumnElement[bool], all_rows: bool = False, **equals: Any
+    ) -> int:
+        """Delete every row matching the filters in one statement; returns the count.
+
+        Loaded objects of those rows leave the unit of work (``synchronize_session="fetch"``).
+
+        Raises:
+            InvalidQueryError: no filter and not ``all_rows=True``, or an unknown name.
+
+        Example:
+            >>> n = await uow.users.delete_where(User.age > 120)  # doctest: +SKIP
+        """
+        return await _bulk.delete_where(self, where, equals, all_rows)
+
+    async def page(
+        self,
+        *where: ColumnElement[bool],
+        order_by: OrderBy | Sequence[OrderBy] | None = None,
+        limit: int = 50,
+        after: str | None = None,
+        load: Sequence[Load] = (),
+        **equals: Any,
+    ) -> Page[M]:
+        """One keyset page: up to ``limit`` objects after the cursor ``after``, in ``order_by``.
+
+        The primary key is appended to the ordering as a tie-breaker, so pages never skip or
+        repeat rows, and a page costs the same at any depth (given an index on the ordering).
+        ``order_by`` takes mapped columns (``"name"``, ``"-age"``, ``User.age.desc()``). NULLs
+        sort last ascending and first descending, on both backends. The cursor is an opaque
+        URL-safe string, valid across processes, bound to the model and the ordering.
+
+        Raises:
+            InvalidQueryError: a malformed cursor or one made for another ordering, an ordering
+                that is not mapped columns, an unknown name, ``limit`` < 1 (before any SQL).
+
+        Example:
+            >>> page = await uow.users.page(order_by="-age", limit=50)  # doctest: +SKIP
+            >>> more = await uow.users.page(order_by="-age", after=page.next_cursor)
+            ... # doctest: +SKIP
+        """
+        items, cursor = await _pages.page(self, where, equals, order_by, limit, after, load)
+        return Page(cast("builtins.list[M]", items), cursor)
+
+    def stream(
+        self,
+        *where: ColumnElement[bool],
+        order_by: OrderBy | Sequence[OrderBy] | None = None,
+        batch_size: int = 1000,
+        **equals: Any,
+    ) -> AsyncIterator[M]:
+        """Every matching object, in ``order_by`` order, in constant memory.
+
+        PostgreSQL inside a transaction reads one server-side cursor (one snapshot). SQLite, and
+        PostgreSQL's read-only units of work (no transaction), read keyset batches of
+        ``batch_size``, each seeing the latest committed data; every row that existed when the
+        stream began is yielded exactly once. Streamed objects are tracked like any loaded
+        object, but the unit of work holds them weakly: those you drop are freed, so they never
+        pile up. Leaving the loop early (break, exception, cancellation) closes the cursor.
+        ``order_by`` takes the same mapped columns as ``page()``.
+
+        Raises:
+            InvalidQueryError: an ordering that is not mapped columns, an unknown name, or
+                ``batch_size`` < 1 (at the first iteration, before any SQL).
+
+        Example:
+            >>> async for user in uow.users.stream(User.age >= 18):  # doctest: +SKIP
+            ...     print(user.name)
+        """
+        return cast("AsyncIterator[M]", _pages.stream(self, where, equals, order_by, batch_size))
 
     def __repr__(self) -> str:
         return f"<{self._label} in {self._uow!r}>"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -28,6 +30,8 @@ from .repository import Repository
 
 if TYPE_CHECKING:
     from ._writelock import WriteLock
+
+logger = logging.getLogger("asyncdal")
 
 M = TypeVar("M")
 R = TypeVar("R", bound=Repository[Any])
@@ -58,6 +62,17 @@ async def _shielded(awaitable: Awaitable[None]) -> None:
         task.exception()
     if cancelled is not None:
         raise cancelled
+
+
+async def _run_hooks(hooks: list[Callable[[], object]]) -> None:
+    for hook in hooks:
+        try:
+            outcome = hook()
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            name = getattr(hook, "__qualname__", None) or repr(hook)
+            logger.exception("on_commit hook %s failed after a successful commit", name)
 
 
 class State(enum.Enum):
@@ -111,6 +126,7 @@ class UnitOfWork:
         self._state = State.NEW
         self._repositories: dict[type[Any], Repository[Any]] = {}
         self._statement_failed = False
+        self._on_commit: list[Callable[[], object]] = []
 
     @property
     def read_only(self) -> bool:
@@ -306,8 +322,38 @@ class UnitOfWork:
         except BaseException:
             # A failed or cancelled COMMIT ends the transaction: nothing more can be done in it.
             self._state = State.ROLLED_BACK
+            self._on_commit.clear()
             raise
         self._state = State.COMMITTED
+        if self._on_commit:
+            hooks, self._on_commit = self._on_commit, []
+            # Hand back the connection and SQLite's write lock first: a hook may open a new
+            # (writing) unit of work, which would otherwise wait for this one forever.
+            await self._shielded_close(rollback=False)
+            self._state = State.COMMITTED
+            await _run_hooks(hooks)
+
+    def on_commit(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` (a plain or async callable) after this unit of work commits.
+
+        Hooks run in registration order, once, only after a successful COMMIT: never after a
+        rollback, a failed commit or a cancellation (under ``run_in_transaction`` only the
+        attempt that commits runs its hooks). They run after the connection and SQLite's write
+        lock are released, so a hook may open a new unit of work, a writing one included. A
+        hook that raises is logged (logger ``"asyncdal"``, with the hook's name) and the rest
+        still run; ``commit()`` does not raise for it: the transaction has committed.
+
+        Raises:
+            UnitOfWorkStateError: the unit of work is not active.
+            InvalidQueryError: ``fn`` is not callable.
+
+        Example:
+            >>> uow.on_commit(lambda: print("saved"))  # doctest: +SKIP
+        """
+        self._require_active("UnitOfWork.on_commit()")
+        if not callable(fn):
+            raise InvalidQueryError(f"on_commit takes a callable, got {type(fn).__name__}")
+        self._on_commit.append(fn)
 
     async def rollback(self) -> None:
         """Discard everything done in this unit of work; it is finished afterwards."""

@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .database import Database as Database
 from .database import PoolStatus as PoolStatus
+from .repository import Page as Page
 from .repository import Repository as Repository
 from .settings import DatabaseSettings as DatabaseSettings
 from .uow import UnitOfWork as UnitOfWork
@@ -13,4 +14,12 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-__all__ = ["Database", "DatabaseSettings", "PoolStatus", "Repository", "UnitOfWork", "__version__"]
+__all__ = [
+    "Database",
+    "DatabaseSettings",
+    "Page",
+    "PoolStatus",
+    "Repository",
+    "UnitOfWork",
+    "__version__",
+]

@@ -9,6 +9,7 @@ def test_all_is_pinned() -> None:
     assert asyncdal.__all__ == [
         "Database",
         "DatabaseSettings",
+        "Page",
         "PoolStatus",
         "Repository",
         "UnitOfWork",

@@ -106,7 +106,9 @@ async def test_get_or_create_after_the_other_inserter_rolls_back_creates_the_row
 
     async def first() -> None:
         async with db.unit_of_work() as uow:
-            await uow.users.get_or_create(email="gone@example.com", defaults={"name": "A", "age": 1})
+            await uow.users.get_or_create(
+                email="gone@example.com", defaults={"name": "A", "age": 1}
+            )
             holding.set()
             await asyncio.sleep(0.3)
             await uow.rollback()

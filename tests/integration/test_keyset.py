@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
 import sys
 from typing import Any
 
@@ -18,7 +17,7 @@ from asyncdal.users import UserUnitOfWork
 from tests.support import count_statements
 
 # Ages repeat (ties), a third of the emails are NULL: the tie-breaker and NULL placement matter.
-ROWS = [
+ROWS: list[dict[str, Any]] = [
     {"name": f"user {i:03}", "age": i % 7, "email": None if i % 3 == 0 else f"u{i % 11}.{i}@x"}
     for i in range(1, 61)
 ]
@@ -90,7 +89,9 @@ async def test_descending_puts_nulls_first_on_both_backends(
 
 async def test_filters_apply_to_every_page(people: Database[UserUnitOfWork]) -> None:
     seen = await walk(people, 3, order_by="-name", age=2)
-    assert [u.name for u in seen] == sorted((r["name"] for r in ROWS if r["age"] == 2), reverse=True)
+    assert [u.name for u in seen] == sorted(
+        (r["name"] for r in ROWS if r["age"] == 2), reverse=True
+    )
     async with people.unit_of_work(read_only=True) as uow:
         page = await uow.users.page(User.age >= 5, order_by="age", limit=100)
     assert all(u.age >= 5 for u in page.items)
@@ -128,9 +129,12 @@ async def test_cursor_made_in_another_process_is_honoured(
         "o = ordering(info.mapper, ['age', '-name'], info.columns);"
         f"print(o.encode([{last.age}, {last.name!r}, {last.id}]))"
     )
-    made = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    made = out.decode().strip()
     assert made == page.next_cursor
 
 

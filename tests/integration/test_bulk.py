@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Integer, String, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from asyncdal import Database
 from asyncdal.errors import ConflictError, InvalidDataError, InvalidQueryError
@@ -155,3 +157,54 @@ async def test_insert_many_refuses_a_mapping_and_a_bad_batch_size(
             await uow.users.insert_many(one_row)
         with pytest.raises(InvalidQueryError, match="batch_size"):
             await uow.users.insert_many([{"name": "X", "age": 1}], batch_size=0)
+
+
+class _Scratch(DeclarativeBase):
+    pass
+
+
+class Tagged(_Scratch):
+    """Defaults only Python knows (no server defaults): insert_many must apply them itself."""
+
+    __tablename__ = "bulk_tagged"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(20), default=lambda: "python")
+    shout: Mapped[str] = mapped_column(
+        String(20), default=lambda ctx: ctx.get_current_parameters()["label"].upper()
+    )
+    counter: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": counter}  # noqa: RUF012 - read once by the mapper
+
+
+@pytest.fixture
+async def tagged(db: Database[UserUnitOfWork]) -> AsyncIterator[Database[UserUnitOfWork]]:
+    def create(connection: Connection) -> None:
+        _Scratch.metadata.create_all(connection)
+
+    def drop(connection: Connection) -> None:
+        _Scratch.metadata.drop_all(connection)
+
+    async with db.engine.begin() as connection:
+        await connection.run_sync(create)
+    try:
+        yield db
+    finally:
+        async with db.engine.begin() as connection:
+            await connection.run_sync(drop)
+
+
+async def test_insert_many_applies_python_only_defaults_and_the_version_start(
+    tagged: Database[UserUnitOfWork],
+) -> None:
+    async with tagged.unit_of_work() as uow:
+        assert await uow.repository(Tagged).insert_many([{"label": "a"}, {"label": "b"}]) == 2
+        await uow.commit()
+    async with tagged.unit_of_work(read_only=True) as uow:
+        rows = await uow.repository(Tagged).list(order_by="label")
+    assert [(r.label, r.source, r.shout, r.counter) for r in rows] == [
+        ("a", "python", "A", 1),
+        ("b", "python", "B", 1),
+    ]

@@ -55,6 +55,10 @@ def _nulls_last(value: Any) -> tuple[bool, Any]:
     return (value is None, value if value is not None else "")
 
 
+def _nulls_first_descending(value: Any) -> tuple[bool, list[int]]:
+    return (value is not None, [-ord(c) for c in value] + [0] if value is not None else [])
+
+
 @pytest.mark.parametrize(
     ("order_by", "key"),
     [
@@ -64,6 +68,7 @@ def _nulls_last(value: Any) -> tuple[bool, Any]:
         (["age", "-name"], lambda i: (ROWS[i - 1]["age"], [-ord(c) for c in ROWS[i - 1]["name"]])),
         ([User.age.desc(), User.id], lambda i: (-ROWS[i - 1]["age"], i)),
         ("email", lambda i: (_nulls_last(ROWS[i - 1]["email"]), i)),
+        ("-email", lambda i: (_nulls_first_descending(ROWS[i - 1]["email"]), -i)),
         (["age", "email"], lambda i: (ROWS[i - 1]["age"], _nulls_last(ROWS[i - 1]["email"]), i)),
     ],
 )
@@ -80,7 +85,8 @@ async def test_descending_puts_nulls_first_on_both_backends(
 ) -> None:
     seen = await walk(people, 4, order_by="-email")
     emails = [u.email for u in seen]
-    nulls = sum(e is None for e in emails)
+    nulls = sum(row["email"] is None for row in ROWS)
+    assert len(seen) == len(ROWS)
     assert emails[:nulls] == [None] * nulls
     assert emails[nulls:] == sorted((e for e in emails if e is not None), reverse=True)
     # Ties among the NULLs go by id in the ordering's direction.

@@ -107,7 +107,8 @@ def parser() -> argparse.ArgumentParser:
             "and a PNG plot to benchmarks/results/."
         ),
         epilog=f"Stacks: {', '.join(STACKS)}. Workloads: {', '.join(WORKLOADS)}. "
-        "See benchmarks/README.md for the method.",
+        "See benchmarks/README.md for the method. `python -m benchmarks growth --help`: what "
+        "bulk writes, pages and full walks cost as the table grows.",
     )
     add = p.add_argument
     add(
@@ -256,6 +257,10 @@ async def run(config: Config, pg_url: str | None, output: Path, console: Console
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["growth"]:  # the cost-as-data-grows view: benchmarks/growth.py
+        from benchmarks.growth import main as growth
+
+        return growth(argv[1:])
     args = parser().parse_args(argv)
     config, pg_url = config_from(args)
     console = Console()

@@ -30,7 +30,7 @@ def _checked_rows(op: str, values: ModelValues, rows: Iterable[Any]) -> Iterator
     if isinstance(rows, Mapping | str | bytes):
         raise InvalidQueryError(f"{op} takes an iterable of rows, got {type(rows).__name__}")
     for row in rows:
-        if isinstance(row, Mapping):
+        if type(row) is dict or isinstance(row, Mapping):  # the exact type first: ABCs are slow
             checked = values.check(op, row)
         elif isinstance(row, values.mapper.class_):
             checked = values.from_object(op, row)
@@ -76,7 +76,9 @@ def _groups(values: ModelValues, batch: list[dict[str, Any]]) -> list[_Group]:
 
 
 def _processors(columns: list[Column[Any]], dialect: Dialect) -> list[Callable[[Any], Any] | None]:
-    return [column.type.bind_processor(dialect) for column in columns]
+    # The dialect's own type (SQLite's DATETIME, not the generic DateTime): its processor is
+    # what turns a value into the stored form a flush would write.
+    return [column.type.dialect_impl(dialect).bind_processor(dialect) for column in columns]
 
 
 async def _copy(session: AsyncSession, values: ModelValues, group: _Group) -> int | None:
@@ -107,6 +109,26 @@ async def _copy(session: AsyncSession, values: ModelValues, group: _Group) -> in
         columns=[column.name for column in columns],
         schema_name=values.table.schema,
     )
+    return len(records)
+
+
+async def _sqlite_executemany(session: AsyncSession, values: ModelValues, group: _Group) -> int:
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    columns = [values.columns[key] for key in group.keys]
+    processors = _processors(columns, connection.dialect)
+    records = [
+        tuple(
+            value if proc is None or value is None else proc(value)
+            for proc, value in zip(processors, row.values(), strict=True)
+        )
+        for row in group.rows
+    ]
+    names = ", ".join(connection.dialect.identifier_preparer.quote(c.name) for c in columns)
+    table = connection.dialect.identifier_preparer.format_table(values.table)
+    sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})"
+    await driver.executemany(sql, records)
     return len(records)
 
 
@@ -144,6 +166,8 @@ async def insert_many(repo: Repository[Any], rows: Iterable[Any], batch_size: in
                 sent = None
                 if postgres and group.copyable:
                     sent = await uow._run(op, _copy(session, values, group))
+                elif not postgres and group.copyable:
+                    sent = await uow._run(op, _sqlite_executemany(session, values, group))
                 if sent is None:
                     sent = await uow._run(op, _executemany(session, values, group))
                 total += sent

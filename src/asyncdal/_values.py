@@ -8,7 +8,9 @@ add on its own: Python-side defaults, the version counter's start and step, ``on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
+from inspect import signature as inspect_signature
 from typing import Any
 
 from sqlalchemy import Column, ColumnDefault, Table, inspect
@@ -177,20 +179,54 @@ class ModelValues:
     def insert_defaults(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """``row`` completed with Python-side defaults and the version start, as a flush would;
         ``None`` when a default is a SQL expression (only a real INSERT can apply it)."""
-        for key, column in self.columns.items():
+        for key, kind, arg in self._defaults:
             if key in row:
                 continue
-            default = column.default
-            if isinstance(default, ColumnDefault):
-                if default.is_callable:
-                    row[key] = default.arg(_DefaultContext(row))
-                elif default.is_scalar:
-                    row[key] = default.arg
-                else:
-                    return None
+            if kind is _CALL:
+                row[key] = arg()
+            elif kind is _CALL_WITH_CONTEXT:
+                row[key] = arg(_DefaultContext(row))
+            elif kind is _SCALAR:
+                row[key] = arg
+            else:
+                return None
         if self.version_key is not None and self.version_start is not None:
             row[self.version_key] = self.version_start
         return row
+
+    @functools.cached_property
+    def _defaults(self) -> list[tuple[str, object, Any]]:
+        """(key, kind, callable or value) of each column's Python-side insert default."""
+        found: list[tuple[str, object, Any]] = []
+        for key, column in self.columns.items():
+            default = column.default
+            if not isinstance(default, ColumnDefault):
+                continue
+            if default.is_callable:
+                # SQLAlchemy wraps a zero-argument function as `lambda ctx: fn()`; call the
+                # function itself: one call per row less, on the bulk path's hottest line.
+                plain = getattr(default.arg, "__wrapped__", None)
+                if plain is not None and _takes_no_arguments(plain):
+                    found.append((key, _CALL, plain))
+                else:
+                    found.append((key, _CALL_WITH_CONTEXT, default.arg))
+            elif default.is_scalar:
+                found.append((key, _SCALAR, default.arg))
+            else:
+                found.append((key, _SQL, None))
+        return found
+
+
+_CALL, _CALL_WITH_CONTEXT, _SCALAR, _SQL = object(), object(), object(), object()
+
+
+def _takes_no_arguments(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect_signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in parameters)  # fmt: skip
 
 
 _CACHE: dict[type[Any], ModelValues] = {}

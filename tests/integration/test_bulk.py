@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -66,6 +66,27 @@ async def test_insert_many_applies_defaults_and_the_version_start_as_a_flush_wou
         again.age = 31
         await uow.commit()
     assert again.version == 2
+
+
+async def test_insert_many_stores_values_exactly_as_a_flush_does(
+    db: Database[UserUnitOfWork],
+) -> None:
+    when = datetime(2024, 2, 29, 13, 14, 15, 161718, tzinfo=UTC)
+    values = {"age": 7, "email": "same@example.com", "created_at": when, "updated_at": when}
+    async with db.unit_of_work() as uow:
+        await uow.users.insert_many([{"name": "bulk", **values}])
+        await uow.users.add(User(name="flush", **{**values, "email": "other@example.com"}))
+        await uow.commit()
+    async with db.unit_of_work(read_only=True) as uow:
+        raw = (
+            await uow.session.execute(
+                text("SELECT name, created_at, updated_at FROM users ORDER BY name")
+            )
+        ).all()
+        loaded = await uow.users.list(order_by="name")
+    assert raw[0][1:] == raw[1][1:]  # the same stored form, down to the text on SQLite
+    assert loaded[0].created_at == loaded[1].created_at
+    assert (loaded[0].name, loaded[1].name) == ("bulk", "flush")
 
 
 async def test_insert_many_accepts_any_iterable_and_counts_across_batches(

@@ -81,11 +81,11 @@ def parser() -> argparse.ArgumentParser:
     add("--postgres", metavar="URL", default=os.environ.get(ENV_PG_URL),
         help=f"also run on PostgreSQL, in a scratch database (default: ${ENV_PG_URL})")  # fmt: skip
     add("--backends", default=None, metavar="LIST", help="sqlite,postgresql")
-    add("--bulk-rows", type=_at_least(1), default=20_000, metavar="N",
-        help="rows per bulk measurement (default 20000, at most --rows)")  # fmt: skip
+    add("--bulk-rows", type=_at_least(1), default=50_000, metavar="N",
+        help="rows per bulk measurement (default 50000, at most --rows)")  # fmt: skip
     add("--batch", type=_at_least(1), default=10_000, metavar="N",
         help="rows per bulk transaction (default 10000)")  # fmt: skip
-    add("--repeat", type=_at_least(1), default=3, metavar="N", help="bulk passes (default 3)")
+    add("--repeat", type=_at_least(1), default=5, metavar="N", help="bulk passes (default 5)")
     add("--samples", type=_at_least(1), default=20, metavar="N",
         help="timed pages per depth and method (default 20)")  # fmt: skip
     add("--stream-batch", type=_at_least(1), default=1000, metavar="N",

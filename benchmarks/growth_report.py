@@ -20,6 +20,7 @@ from rich.table import Table
 from benchmarks.results import machine, versions
 
 _LABEL = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+_SHORT = {"list": "list()", "stream": "stream() ro", "stream-rw": "stream() rw"}
 _WALKS = {
     "list": "list()",
     "stream": "stream(), read-only uow",
@@ -90,9 +91,11 @@ def _plot(results: Sequence[dict[str, Any]], path: Path, subtitle: str) -> None:
         ax.legend()
         ax = axes[row][2]
         walks = result["walks"]
-        ax.bar([_WALKS[m] for m in walks], [w["rss_added_mib"] for w in walks.values()])
+        added = [max(0.1, w["rss_added_mib"]) for w in walks.values()]
+        bars = ax.bar([_SHORT[m] for m in walks], added, color="#1f77b4")
+        ax.bar_label(bars, labels=[f"{a:,.1f}" for a in added], fontsize=8)
+        ax.set_yscale("log")  # a stream adds MiB where list() adds GiB
         ax.set_title(f"{name}: peak RSS added by a full walk (MiB)")
-        ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(f"asyncdal: cost as data grows · {subtitle}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,8 +1,11 @@
 """Shared fixtures: one ``backend`` parametrised over a real SQLite file and the real PostgreSQL.
 
 PostgreSQL tests run in a scratch database (created and dropped here) on the server named by
-``ASYNCDAL_TEST_PG_URL`` (default ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``). Without
-a server they skip locally; under ``CI=true`` they fail instead, never silently skip.
+``ASYNCDAL_TEST_PG_URL``, else the one answering at ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``,
+else an embedded throwaway server (the ``embedded`` extra), stopped when the session ends; the
+header says which (``tests.support.find_postgres_for_tests``). ``ASYNCDAL_TEST_PG_URL=embedded``
+forces the embedded server. Without any server they skip locally; under ``CI=true`` there is no
+fallback and they fail instead, never silently skip.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from asyncdal.users import UserUnitOfWork
 from tests.support import (
     IN_CI,
     PG_URL,
+    POSTGRES,
     Backend,
     create_pg_database,
     drop_pg_database,
@@ -28,6 +32,17 @@ from tests.support import (
 __all__ = ["IN_CI", "PG_URL"]
 
 TEST_APP_NAME = "asyncdal-tests"
+
+
+def pytest_report_header() -> str:
+    """Which PostgreSQL this session runs on, and why."""
+    return f"PostgreSQL: {POSTGRES.description}"
+
+
+def pytest_unconfigure() -> None:
+    """Stop the embedded server, if this session started one (it would also stop on exit)."""
+    if POSTGRES.embedded is not None:
+        POSTGRES.embedded.stop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -49,9 +64,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 async def pg_server_url() -> str:
-    """``ASYNCDAL_TEST_PG_URL`` once the server answers (for PostgreSQL-only tests)."""
-    await require_postgres()
-    return PG_URL
+    """The test server's URL once it answers (for PostgreSQL-only tests)."""
+    return await require_postgres()
 
 
 @pytest.fixture(

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.runner import Config
-from benchmarks.summary import STACK_RATIOS, Results, Summary
+from benchmarks.summary import STACK_RATIOS, Ratio, Results, Summary
 
 _LABEL = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
@@ -88,6 +88,51 @@ def ratio_grid(
     return header, rows
 
 
+def comparison_grid(
+    results: Results, pool: int, config: Config
+) -> tuple[list[str], list[list[str]]]:
+    """The first table: every workload and stack, SQLite and PostgreSQL ops/s side by side at
+    each concurrency, and SQLite/PostgreSQL (``≈`` marks a ratio within noise)."""
+    levels = sorted(
+        {c for w in config.workloads for c in ((1,) if w == "bulk" else config.concurrency)}
+    )
+    header = ["workload", "stack"]
+    for c in levels:
+        header += [f"c={c} SQLite", f"c={c} PG", f"c={c} SQLite/PG"]
+    rows: list[list[str]] = []
+    for workload in config.workloads:
+        scale = config.bulk_size if workload == "bulk" else 1
+        label = "bulk (rows/s)" if workload == "bulk" else workload
+        for stack in config.stacks:
+            cells: list[str] = []
+            for c in levels:
+                a = results.get("sqlite", workload, stack, c, pool)
+                b = results.get("postgresql", workload, stack, c, pool)
+                cells += [_median(a, scale), _median(b, scale), _ratio(a, b)]
+            if any(cells):
+                rows.append([label, stack, *cells])
+    return header, rows
+
+
+def _median(summary: Summary | None, scale: int) -> str:
+    return "" if summary is None else _num(summary.throughput.median * scale)
+
+
+def _ratio(a: Summary | None, b: Summary | None) -> str:
+    if a is None or b is None:
+        return ""
+    r = Ratio.of(a.throughput, b.throughput)
+    if math.isnan(r.value):
+        return "n/a"
+    return ("≈" if r.within_noise else "") + f"{r.value:.2f}"
+
+
+COMPARISON_NOTE = (
+    "ops/s, medians of the passes · SQLite/PG > 1: SQLite is faster · "
+    "≈: within noise (the passes' range spans 1.0)"
+)
+
+
 def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
     for index, name in enumerate(header):
@@ -120,6 +165,11 @@ def print_report(
 ) -> None:
     """Every table of the run, to the terminal."""
     passes = f"median of {config.repeat} passes" if config.repeat > 1 else "1 pass, no spread"
+    if "sqlite" in backends and "postgresql" in backends:
+        for pool in config.pool_sizes:
+            header, rows = comparison_grid(results, pool, config)
+            title = f"SQLite vs PostgreSQL · pool {pool} · {COMPARISON_NOTE}"
+            console.print(_rich(title, header, rows))
     for backend in backends:
         for pool in config.pool_sizes:
             label = f"{_LABEL[backend]} · pool {pool}"
@@ -193,9 +243,15 @@ def error_rows(results: Results) -> tuple[list[str], list[list[str]]] | None:
 def markdown_report(
     results: Results, backends: Sequence[str], config: Config, checks: list[dict[str, Any]]
 ) -> str:
-    """The README's tables: ratios, then ops/s per backend, then the lost-update check."""
+    """The README's tables: SQLite vs PostgreSQL, the ratios, then ops/s per backend, then the
+    lost-update check."""
     parts: list[str] = []
     for pool in config.pool_sizes:
+        if "sqlite" in backends and "postgresql" in backends:
+            parts += [
+                f"SQLite vs PostgreSQL, pool {pool}, {COMPARISON_NOTE}:",
+                markdown(*comparison_grid(results, pool, config)),
+            ]
         parts += [
             f"Ratios of throughput, pool {pool}:",
             markdown(*ratio_grid(results, backends, pool, config)),

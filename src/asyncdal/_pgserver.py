@@ -11,9 +11,10 @@ The supervisor runs ``initdb`` into a fresh temporary directory, starts ``postgr
 and a free port with password authentication (a random password that appears in no command line
 and no environment of the supervisor or the server), reports the URL, then waits on its stdin.
 When that pipe closes -- :meth:`EmbeddedPostgres.stop`, a normal exit, Ctrl-C, SIGTERM or even
-SIGKILL of the process that started it -- the supervisor shuts the server down (fast, then immediate) and deletes the
-directory. A terminal's Ctrl-C reaches neither the supervisor nor the server (their own session):
-they stop because their owner is gone, after the owner has dropped what it created on them.
+SIGKILL of the process that started it -- the supervisor shuts the server down (fast, then
+immediate) and deletes the directory. A terminal's Ctrl-C reaches neither the supervisor nor the
+server (their own session): they stop because their owner is gone, after the owner has dropped
+what it created on them.
 (A child the owner forks, rather than spawns, holds the pipe too: the server then lives until
 that child is gone as well. ``subprocess`` children do not inherit it.)
 

@@ -6,7 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -20,6 +20,8 @@ from asyncdal.users import UserUnitOfWork
 
 PG_URL = os.environ.get("ASYNCDAL_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: Run the PostgreSQL half through PgBouncer with ``pgbouncer=True`` (see tests/conftest.py).
+PGBOUNCER = os.environ.get("ASYNCDAL_TEST_PGBOUNCER", "").lower() in ("1", "true", "yes")
 
 
 async def require_postgres(url: str = PG_URL) -> None:
@@ -74,9 +76,11 @@ class Backend:
     name: str  # "sqlite" or "postgres"
     url: str
     shared: Database[UserUnitOfWork]
+    settings: dict[str, Any] = field(default_factory=dict)  # e.g. pgbouncer=True
 
     def database(self, **settings: Any) -> Database[UserUnitOfWork]:
         """A new ``Database`` on this backend with ``settings`` applied (dispose it after)."""
+        settings = {**self.settings, **settings}
         settings.setdefault("application_name", "asyncdal-tests")
         return Database(DatabaseSettings(self.url, **settings), unit_of_work=UserUnitOfWork)
 

@@ -96,7 +96,14 @@ class Replica(Cluster):
 class PgBouncer:
     """PgBouncer in transaction mode on a free port, run as the server user, in a temp dir."""
 
-    def __init__(self, target_port: int, *, extra_databases: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        target_host: str = "127.0.0.1",
+        pool_size: int = PGBOUNCER_POOL_SIZE,
+        extra_databases: dict[str, str] | None = None,
+    ) -> None:
         self.base = _server_owned_tempdir("asyncdal-pgbouncer-")
         self.port = free_port()
         self.target_port = target_port
@@ -104,7 +111,7 @@ class PgBouncer:
         self.log = self.base / "pgbouncer.log"
         self._process: subprocess.Popen[bytes] | None = None
         atexit.register(self.remove)
-        databases = {"*": f"host=127.0.0.1 port={target_port}", **(extra_databases or {})}
+        databases = {"*": f"host={target_host} port={target_port}", **(extra_databases or {})}
         # The plain configuration the issue allows: transaction pooling, trust auth on
         # loopback, and no setting added for asyncdal's sake.
         lines = [
@@ -118,7 +125,7 @@ class PgBouncer:
             "auth_type = trust",
             f"auth_file = {self.base / 'userlist.txt'}",
             "pool_mode = transaction",
-            f"default_pool_size = {PGBOUNCER_POOL_SIZE}",
+            f"default_pool_size = {pool_size}",
             "max_client_conn = 500",
             f"logfile = {self.log}",
             f"pidfile = {self.base / 'pgbouncer.pid'}",

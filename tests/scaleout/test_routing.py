@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 
 import pytest
 from sqlalchemy import text
@@ -117,3 +118,52 @@ async def test_the_server_refuses_a_write_in_a_read_only_unit_of_work(
     async with db.unit_of_work(on="primary") as uow:
         assert await uow.users.count() == 0
         assert (await uow.session.execute(text("SHOW transaction_read_only"))).scalar_one() == "off"
+
+
+MONITOR = "asyncdal replica monitor"
+CHILD = """
+import asyncio, sys, warnings
+warnings.simplefilter("error")
+from asyncdal import Database, DatabaseSettings
+from sqlalchemy import text
+
+async def main() -> None:
+    settings = DatabaseSettings(sys.argv[1], replica_urls=tuple(sys.argv[2:]),
+                                replica_check_interval=0.05)
+    db = Database(settings)
+    for _ in range(10):
+        async with db.unit_of_work(read_only=True) as uow:
+            await uow.session.execute(text("SELECT 1"))
+    await asyncio.sleep(0.2)  # a few health checks
+    await db.dispose()
+
+asyncio.run(main())
+"""
+
+
+def _monitors() -> list[asyncio.Task[object]]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == MONITOR]
+
+
+async def test_dispose_stops_the_health_check_and_a_process_exits_cleanly(
+    make_db: MakeDb, clean: Servers
+) -> None:
+    db = await make_db()
+    assert _monitors() == []  # nothing runs before the first routed read
+    async with db.unit_of_work(read_only=True) as uow:
+        await port_of(uow)
+    running = _monitors()
+    assert len(running) == 1
+    await db.dispose()
+    assert running[0].done()
+    assert _monitors() == []
+    assert all(status.checked_in == 0 for status in db.pool_statuses().values())
+    async with db.unit_of_work(read_only=True) as uow:  # usable again: the check restarts
+        assert await port_of(uow) in clean.replica_ports
+    assert len(_monitors()) == 1
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-X", "dev", "-c", CHILD, clean.primary_url, *clean.replica_urls,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(child.communicate(), timeout=30)
+    assert (child.returncode, err.decode(errors="replace")) == (0, "")

@@ -36,6 +36,8 @@ from benchmarks.runner import CellKey, Config, PassResult, run_backend, total_st
 from benchmarks.stacks import STACKS
 from benchmarks.summary import Results, ratio_rows, summarize
 from benchmarks.tables import markdown_report, print_report
+from benchmarks.topology import add_arguments as add_topology_arguments
+from benchmarks.topology import run_topology
 from benchmarks.workloads import SINGLE_TASK, WORKLOADS
 
 ENV_PG_URL = "ASYNCDAL_BENCH_PG_URL"
@@ -148,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=1, metavar="N", help="random seed for ids, ages and names")
     add("--output", type=Path, default=RESULTS_DIR, metavar="DIR",
         help="where the JSON, PNG and Markdown go (default: benchmarks/results)")  # fmt: skip
+    add_topology_arguments(p)
     return p
 
 
@@ -263,11 +266,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return growth(argv[1:])
     args = parser().parse_args(argv)
     config, pg_url = config_from(args)
+    if (args.replicas or args.pgbouncer) and not args.postgres:
+        parser().error("--replicas and --pgbouncer need --postgres URL (their primary)")
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)  # piped or in CI: wide enough that tables do not wrap
     try:
         asyncio.run(run(config, pg_url, args.output, console, masked_command(argv)))
+        if args.replicas or args.pgbouncer:
+            with console.status("scale-out comparison") as status:
+                topology = run_topology(
+                    config, args.postgres, args.replicas or (), args.pgbouncer, args.output,
+                    console, masked_command(argv), on_cell=status.update,
+                )  # fmt: skip
+                asyncio.run(topology)
     except BenchError as error:
         print(f"python -m benchmarks: error: {error}", file=sys.stderr)
         return 1

@@ -21,6 +21,9 @@ import asyncpg
 
 #: The attribute where a connection leaves the WAL position read after its last COMMIT.
 COMMIT_POSITION: Final = "commit_position"
+#: The commit token when the position could not be read after a COMMIT that succeeded: no replica
+#: can be shown to have it, so ``after=`` with it reads from the primary at once.
+PRIMARY_TOKEN: Final = "FFFFFFFF/FFFFFFFF"
 #: How long a forced close behind PgBouncer waits for the server to acknowledge the cancelled
 #: query. PgBouncer neither answers a client it has queued for a server (every server
 #: connection busy, or the server down) nor reads its Terminate, so SQLAlchemy's graceful close
@@ -45,7 +48,11 @@ class _Connection(asyncpg.Connection):
         if query == "COMMIT;":
             status = await super().execute(query, timeout=timeout)
             if self.track_commit_position:
-                setattr(self, COMMIT_POSITION, await self._wal_insert_position())
+                try:
+                    position = await self._wal_insert_position()
+                except Exception:  # the commit stands; only where to read it is unknown
+                    position = PRIMARY_TOKEN
+                setattr(self, COMMIT_POSITION, position)
             return status
         if getattr(self, "_top_xact", None) is not None:  # asyncpg's own top-level BEGIN
             setattr(self, COMMIT_POSITION, None)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import Pool, QueuePool
 
 from ._nodes import Node, nodes, sessions
+from ._pgconnection import PRIMARY_TOKEN
 from ._writelock import WriteLock
 from .engine import SQLITE_BEGIN, create_engine
 from .errors import (
@@ -29,6 +30,8 @@ from .uow import State, UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
 T = TypeVar("T")
+
+_PRIMARY_POSITION = parse_position(PRIMARY_TOKEN)
 
 IsolationLevel = Literal["SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"]
 _ISOLATION_LEVELS: frozenset[str] = frozenset(get_args(IsolationLevel))
@@ -236,12 +239,13 @@ class Database(Generic[U]):
         if read_only and router is not None and on is None and not pinned(self):
             if position == 0:  # the token of a commit that needs no replica to catch up
                 position = None
-            return self._uow_class(
-                factory,
-                read_only=True,
-                timeout=timeout,
-                opener=router.opener(position, isolation_level),
-            )
+            if position != _PRIMARY_POSITION:
+                return self._uow_class(
+                    factory,
+                    read_only=True,
+                    timeout=timeout,
+                    opener=router.opener(position, isolation_level),
+                )
         takes_lock = not read_only or self._share_lock_with_readers
         return self._uow_class(
             factory,

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -93,13 +94,11 @@ class Router:
         self._turn = itertools.count()
         self._monitor: asyncio.Task[None] | None = None
 
-    def opener(self, after: int | None, isolation_level: str | None) -> Callable[[], Any]:
+    def opener(
+        self, after: int | None, isolation_level: str | None
+    ) -> Callable[[], Awaitable[AsyncSession]]:
         """The coroutine function a routed unit of work calls in ``__aenter__``."""
-
-        async def open_session() -> AsyncSession:
-            return await self.open_read(after, isolation_level)
-
-        return open_session
+        return functools.partial(self.open_read, after, isolation_level)
 
     async def open_read(self, after: int | None, isolation_level: str | None) -> AsyncSession:
         """A read-only session with its connection checked out, on the node the rules pick."""

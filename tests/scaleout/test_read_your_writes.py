@@ -8,6 +8,7 @@ import time
 import pytest
 
 from asyncdal import Database
+from asyncdal._pgconnection import PRIMARY_TOKEN
 from asyncdal.errors import InvalidQueryError
 from asyncdal.models import User
 from asyncdal.routing import parse_position
@@ -115,3 +116,14 @@ async def _wait_for_row(db: Database[UserUnitOfWork], user_id: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the row never reached the replicas")
+
+
+async def test_an_unknown_commit_position_sends_reads_after_it_straight_to_the_primary(
+    make_db: MakeDb, clean: Servers
+) -> None:
+    # What commit_token is when the position could not be read after a COMMIT that succeeded.
+    db = await make_db(read_your_writes_timeout=5)
+    started = time.monotonic()
+    async with db.unit_of_work(read_only=True, after=PRIMARY_TOKEN) as uow:
+        assert await port_of(uow) == clean.primary_port
+    assert time.monotonic() - started < 1.0  # no waiting for a replica that cannot have it

@@ -251,17 +251,35 @@ class Router:
                 node.mark_down(found, self._settings.replica_retry_after)
 
     async def _probe(self, node: Node, query: Any) -> int | BaseException | str:
-        """The position ``query`` reads on ``node``, or why it could not."""
+        """The position ``query`` reads on ``node``, or why it could not.
+
+        A pooled connection can be dead without the pool knowing yet (the server's FATAL read,
+        its EOF not yet): a failure is tried again once, on a new connection, so that only the
+        node's own failure takes it out of rotation. A hang is not tried twice.
+        """
         try:
-            async with (
-                asyncio.timeout(self._settings.connect_timeout),
-                node.read_engine.connect() as connection,
-            ):
-                found = await connection.scalar(query)
+            return await self._probe_once(node, query)
+        except TimeoutError as error:
+            return error
+        except Exception:
+            pass
+        try:
+            return await self._probe_once(node, query)
         except Exception as error:
             if isinstance(error, TimeoutError) or _node_failure(error):
                 return error
             raise
+
+    async def _probe_once(self, node: Node, query: Any) -> int | str:
+        async with (
+            asyncio.timeout(self._settings.connect_timeout),
+            node.read_engine.connect() as connection,
+        ):
+            try:
+                found = await connection.scalar(query)
+            except Exception:
+                await connection.invalidate()  # never back into the pool
+                raise
         if found is None:
             return "pg_last_wal_replay_lsn() is null: the server is not a standby"
         return parse_position(found)

@@ -82,6 +82,15 @@ class DatabaseSettings:
 
     Durations are in seconds. ``None`` leaves a server-side timeout at the server's default.
 
+    Scaling out (PostgreSQL; see the README's "Scaling out"): ``replica_urls`` are streaming
+    replicas of ``url`` that read-only units of work are routed to; ``read_your_writes_timeout``
+    bounds the wait for one that has replayed an ``after=`` token; a replica more than
+    ``replica_max_lag_bytes`` of WAL behind takes no reads; lag and health are checked every
+    ``replica_check_interval``; a failed replica stays out for ``replica_retry_after``; with none
+    left, reads go to the primary (``replica_fallback="primary"``) or raise (``"raise"``).
+    ``migration_url`` is where migrations run instead of ``url`` (e.g. around PgBouncer).
+    ``pgbouncer`` applies to every node.
+
     Raises:
         ConfigurationError: a value is out of range; the message names the field and the value.
 

@@ -192,7 +192,7 @@ class Topology:
     _removed: bool = field(default=False, repr=False)
 
     @classmethod
-    def build(cls, replicas: int = 2) -> Topology:
+    def build(cls, replicas: int = 2, pgbouncer_pool_size: int = PGBOUNCER_POOL_SIZE) -> Topology:
         """Create and start everything; on any failure, remove what was made and re-raise."""
         primary = Cluster.create()
         made: list[Replica] = []
@@ -215,6 +215,7 @@ class Topology:
             down_port = free_port()
             bouncer = PgBouncer(
                 primary.port,
+                pool_size=pgbouncer_pool_size,
                 extra_databases={"down": f"host=127.0.0.1 port={down_port} dbname=postgres"},
             )
             bouncer.start()
@@ -298,8 +299,10 @@ def _accepts(port: int) -> bool:
 
 
 def main() -> None:
-    """Build a topology, print its URLs, wait for Ctrl-C, remove it."""
-    topology = Topology.build()
+    """Build a topology, print its URLs, wait for Ctrl-C (or SIGTERM), remove it."""
+    # A server pool as large as the benchmark's client pools, so that PgBouncer is measured
+    # rather than a queue in front of 2 server connections.
+    topology = Topology.build(pgbouncer_pool_size=20)
     try:
         primary = topology.primary.url("postgres")
         replicas = ",".join(r.url("postgres") for r in topology.replicas)
@@ -307,11 +310,14 @@ def main() -> None:
         print(f"replicas  {replicas}")
         print(f"pgbouncer {topology.pgbouncer.url('postgres')}")
         print(
-            "\npython -m benchmarks --backends postgresql --workloads read "
+            "\npython -m benchmarks --backends postgresql --workloads read,write --stacks uow "
             f"--postgres {primary} --replicas {replicas} "
             f"--pgbouncer {topology.pgbouncer.url('postgres')}\n\nCtrl-C removes everything.",
             flush=True,
         )
+        # Started in the background, a process ignores SIGINT: take it, and SIGTERM, as Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
     finally:

@@ -207,3 +207,25 @@ async def test_savepoints_retries_and_cancellation_work_through_pgbouncer(
         names = sorted(user.name for user in await uow.users.list())
     assert names == ["attempt 2", "kept"]
     assert db.pool_status().checked_out == 0
+
+
+async def test_a_column_type_change_is_read_correctly_at_once_through_pgbouncer(
+    make_db: MakeDb, clean: Servers
+) -> None:
+    # Every statement is described afresh: a cached description (SQLAlchemy's statement cache
+    # over unnamed statements) decoded the new type with the old codec and failed from then on.
+    db = await _bouncer_db(make_db, clean, pool_size=1)
+    owner = await asyncpg.connect(clean.primary_dsn)
+    try:
+        await owner.execute("CREATE TABLE retyped (id int PRIMARY KEY, v int)")
+        await owner.execute("INSERT INTO retyped VALUES (1, 42)")
+        query = text("SELECT id, v FROM retyped")
+        for _ in range(3):
+            async with db.unit_of_work(read_only=True) as uow:
+                assert (await uow.session.execute(query)).all() == [(1, 42)]
+        await owner.execute("ALTER TABLE retyped ALTER COLUMN v TYPE text USING v::text || '!'")
+        async with db.unit_of_work(read_only=True) as uow:
+            assert (await uow.session.execute(query)).all() == [(1, "42!")]
+    finally:
+        await owner.execute("DROP TABLE IF EXISTS retyped")
+        await owner.close()

@@ -166,3 +166,15 @@ def test_unit_of_work_refuses_an_unknown_node() -> None:
     db = Database(PRIMARY)
     with pytest.raises(ConfigurationError, match="on must be 'primary' or None, got 'replica'"):
         db.unit_of_work(read_only=True, on="replica")  # type: ignore[arg-type]
+
+
+def test_every_node_has_an_engine_and_a_pool_status_named_after_it() -> None:
+    db = Database(DatabaseSettings(PRIMARY, replica_urls=REPLICAS, pool_size=3))
+    assert list(db.engines) == ["primary", "replica1", "replica2"]
+    assert db.engines["primary"] is db.engine
+    statuses = db.pool_statuses()
+    assert list(statuses) == ["primary", "replica1", "replica2"]
+    assert statuses["replica2"].size == 3
+    assert db.pool_status() == statuses["primary"]
+    alone = Database("sqlite+aiosqlite:///never-opened.db")
+    assert list(alone.engines) == list(alone.pool_statuses()) == ["primary"]

@@ -132,16 +132,18 @@ class Router:
         session = node.read_sessions(isolation_level)()
         try:
             await session.connection()
-        except Exception as error:
-            await _shielded(session.close())
-            if not _node_failure(error):
-                raise
-            node.mark_down(error, self._settings.replica_retry_after)
+        except BaseException as error:
+            await self._give_up(node, session, error)
             return None
-        except BaseException:
-            await _shielded(session.close())
-            raise
         return session
+
+    async def _give_up(self, node: Node, session: AsyncSession, error: BaseException) -> None:
+        """Close ``session``; then mark ``node`` down when it failed, else re-raise ``error``
+        (a cancellation, a bug, the pool's own timeout)."""
+        await _shielded(session.close())
+        if not (isinstance(error, Exception) and _node_failure(error)):
+            raise error
+        node.mark_down(error, self._settings.replica_retry_after)
 
     async def _open_after(self, after: int, isolation_level: str | None) -> AsyncSession:
         loop = asyncio.get_running_loop()
@@ -170,15 +172,9 @@ class Router:
         commit. Closes the session when the answer is no."""
         try:
             found = await session.scalar(_REPLAY)
-        except Exception as error:
-            await _shielded(session.close())
-            if not _node_failure(error):
-                raise
-            node.mark_down(error, self._settings.replica_retry_after)
+        except BaseException as error:
+            await self._give_up(node, session, error)
             return False
-        except BaseException:
-            await _shielded(session.close())
-            raise
         position = None if found is None else parse_position(found)
         if position is not None and position >= after:
             node.replay = max(position, node.replay or 0)

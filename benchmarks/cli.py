@@ -37,6 +37,8 @@ from benchmarks.runner import CellKey, Config, PassResult, run_backend, total_st
 from benchmarks.stacks import STACKS
 from benchmarks.summary import Results, ratio_rows, summarize
 from benchmarks.tables import markdown_report, print_report
+from benchmarks.topology import add_arguments as add_topology_arguments
+from benchmarks.topology import run_topology
 from benchmarks.which_postgres import DEFAULT_PG_URL, postgres_for_run
 from benchmarks.workloads import SINGLE_TASK, WORKLOADS
 
@@ -151,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=1, metavar="N", help="random seed for ids, ages and names")
     add("--output", type=Path, default=RESULTS_DIR, metavar="DIR",
         help="where the JSON, PNG and Markdown go (default: benchmarks/results)")  # fmt: skip
+    add_topology_arguments(p)
     return p
 
 
@@ -301,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return growth(argv[1:])
     args = parser().parse_args(argv)
     config, requested, requested_by = config_from(args)
+    if (args.replicas or args.pgbouncer) and not args.postgres:
+        parser().error("--replicas and --pgbouncer need --postgres URL (their primary)")
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)  # piped or in CI: wide enough that tables do not wrap
@@ -309,6 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(
             run_with_postgres(config, (requested, requested_by), args.output, console, command)
         )
+        if args.replicas or args.pgbouncer:
+            with console.status("scale-out comparison") as status:
+                topology = run_topology(
+                    config, args.postgres, args.replicas or (), args.pgbouncer, args.output,
+                    console, command, on_cell=status.update,
+                )  # fmt: skip
+                asyncio.run(topology)
     except BenchError as error:
         print(f"python -m benchmarks: error: {error}", file=sys.stderr)
         return 1

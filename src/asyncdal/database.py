@@ -3,56 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar, cast, get_args, overload
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool, QueuePool
 
+from ._nodes import Node, nodes, sessions
+from ._pgconnection import PRIMARY_TOKEN
 from ._writelock import WriteLock
 from .engine import SQLITE_BEGIN, create_engine
 from .errors import (
     CommitOutcomeUnknownError,
     ConfigurationError,
     RetryableError,
-    UnitOfWorkStateError,
     raise_translated,
 )
+from .routing import Router, parse_position, pin, pinned
 from .settings import DatabaseSettings
 from .uow import State, UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
 T = TypeVar("T")
 
+_PRIMARY_POSITION = parse_position(PRIMARY_TOKEN)
+
 IsolationLevel = Literal["SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"]
 _ISOLATION_LEVELS: frozenset[str] = frozenset(get_args(IsolationLevel))
 
 logger = logging.getLogger("asyncdal")
-
-
-class _ReadOnlySession(Session):
-    """A session that refuses to flush changes: what read-only units of work use."""
-
-    def flush(self, objects: Any = None) -> None:
-        if self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty):
-            raise UnitOfWorkStateError(
-                "cannot flush: the unit of work is read-only "
-                "(open one with read_only=False to write)"
-            )
-
-
-def _sessions(engine: AsyncEngine, *, read_only: bool) -> async_sessionmaker[AsyncSession]:
-    """The session factory every unit of work draws from: objects stay readable after commit."""
-    return async_sessionmaker(
-        engine,
-        expire_on_commit=False,
-        sync_session_class=_ReadOnlySession if read_only else Session,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +47,18 @@ class PoolStatus:
     checked_out: int
     checked_in: int
     overflow: int
+
+
+def _pool_status(pool: Pool) -> PoolStatus:
+    if isinstance(pool, QueuePool):
+        return PoolStatus(
+            size=pool.size(),
+            checked_out=pool.checkedout(),
+            checked_in=pool.checkedin(),
+            overflow=max(0, pool.overflow()),
+        )
+    # StaticPool (in-memory SQLite) and NullPool keep no count of checkouts.
+    return PoolStatus(size=1, checked_out=0, checked_in=0, overflow=0)
 
 
 class Database(Generic[U]):
@@ -122,30 +118,36 @@ class Database(Generic[U]):
         self._settings = settings
         self._uow_class: type[U] = cast("type[U]", uow_class)
         self._engine = create_engine(settings, poolclass=poolclass)
-        sqlite = settings.backend == "sqlite"
-        # Writers: BEGIN IMMEDIATE on SQLite. Readers: no BEGIN/COMMIT round trips at all; each
-        # statement reads the latest committed data (autocommit), and the session refuses to flush.
-        write_engine = (
-            self._engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-            if sqlite
-            else self._engine
+        self._router: Router | None = None
+        self._nodes: list[Node] = []
+        self._isolated: dict[tuple[bool, str], async_sessionmaker[AsyncSession]] = {}
+        self._writers = sessions(self._engine, read_only=False)
+        self._write_lock: WriteLock | None = None
+        self._share_lock_with_readers = False
+        if settings.backend == "sqlite":
+            self._sqlite_sessions(settings)
+            return
+        self._nodes = nodes(settings, self._engine, poolclass)
+        self._readers = self._nodes[0].readers
+        if len(self._nodes) > 1:
+            self._router = Router(settings, self._nodes[0], self._nodes[1:])
+
+    def _sqlite_sessions(self, settings: DatabaseSettings) -> None:
+        # Writers: BEGIN IMMEDIATE. Readers: no BEGIN/COMMIT at all; each statement reads the
+        # latest committed data, and the session refuses to flush.
+        self._writers = sessions(
+            self._engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"}), read_only=False
         )
-        read_engine = (
-            self._engine.execution_options(**{SQLITE_BEGIN: None})
-            if sqlite
-            else self._engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
-        if sqlite and settings.is_memory:
+        read_engine = self._engine.execution_options(**{SQLITE_BEGIN: None})
+        if settings.is_memory:
             # One shared connection: a reader without BEGIN would still see a writer's open
             # transaction on it, so in-memory databases read inside transactions too.
             read_engine = self._engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
-        self._writers = _sessions(write_engine, read_only=False)
-        self._readers = _sessions(read_engine, read_only=True)
+        self._readers = sessions(read_engine, read_only=True)
         # SQLite has one writer at a time: queue ours in-process, first come first served. An
         # in-memory database has one connection, so its readers must queue behind writers too.
-        self._write_lock = WriteLock(settings.sqlite_busy_timeout) if sqlite else None
-        self._share_lock_with_readers = sqlite and settings.is_memory
-        self._isolated: dict[tuple[bool, str], async_sessionmaker[AsyncSession]] = {}
+        self._write_lock = WriteLock(settings.sqlite_busy_timeout)
+        self._share_lock_with_readers = settings.is_memory
 
     @classmethod
     @overload
@@ -193,12 +195,19 @@ class Database(Generic[U]):
         read_only: bool = False,
         timeout: float | None = None,
         isolation_level: IsolationLevel | None = None,
+        on: Literal["primary"] | None = None,
+        after: str | None = None,
     ) -> U:
         """A new unit of work; enter it with ``async with``.
 
-        ``read_only=True`` refuses to flush, never takes SQLite's write lock, and skips the
-        BEGIN/COMMIT round trips: each statement sees the latest committed data. Use a
-        read-write unit of work when several reads must see one snapshot.
+        ``read_only=True`` refuses to flush (and on PostgreSQL the server refuses a write in it
+        too), never takes SQLite's write lock, and skips the BEGIN/COMMIT round trips: each
+        statement sees the latest committed data. Use a read-write unit of work when several
+        reads must see one snapshot. With replicas configured it runs on a replica (see
+        ``asyncdal.routing``), unless ``on="primary"`` or inside ``pin_primary()``.
+
+        ``after`` is a ``commit_token`` from an earlier unit of work: the read then runs on a
+        replica that has replayed that commit, or on the primary (a no-op without replicas).
 
         ``timeout`` bounds the whole unit of work: when it expires the work is cancelled, rolled
         back, and ``QueryTimeoutError`` is raised.
@@ -211,15 +220,55 @@ class Database(Generic[U]):
         level is accepted and changes nothing.
 
         Raises:
-            ConfigurationError: ``isolation_level`` is not one of the three levels.
+            ConfigurationError: ``isolation_level`` is not one of the three levels, or ``on``
+                is not ``"primary"``.
+            InvalidQueryError: ``after`` is not a commit token.
+
+        Example:
+            >>> async with db.unit_of_work() as uow:  # doctest: +SKIP
+            ...     await uow.users.add(User(name="Ann", age=30))
+            ...     await uow.commit()
+            >>> async with db.unit_of_work(read_only=True, after=uow.commit_token) as uow:
+            ...     await uow.users.get_one(ann_id)  # doctest: +SKIP
         """
+        if on not in (None, "primary"):
+            raise ConfigurationError(f"on must be 'primary' or None, got {on!r}")
+        position = None if after is None else parse_position(after)
+        factory = self._factory(read_only, isolation_level)
+        router = self._router
+        if read_only and router is not None and on is None and not pinned(self):
+            if position == 0:  # the token of a commit that needs no replica to catch up
+                position = None
+            if position != _PRIMARY_POSITION:
+                return self._uow_class(
+                    factory,
+                    read_only=True,
+                    timeout=timeout,
+                    opener=router.opener(position, isolation_level),
+                )
         takes_lock = not read_only or self._share_lock_with_readers
         return self._uow_class(
-            self._factory(read_only, isolation_level),
+            factory,
             read_only=read_only,
             write_lock=self._write_lock if takes_lock else None,
             timeout=timeout,
         )
+
+    @contextlib.contextmanager
+    def pin_primary(self) -> Iterator[None]:
+        """Run every unit of work opened inside the block on the primary, read-only ones too.
+
+        A context variable: it holds for the current task (and tasks it starts inside the
+        block), so one request can pin itself, e.g. right after a write, without affecting
+        others. Without replicas it changes nothing.
+
+        Example:
+            >>> with db.pin_primary():  # doctest: +SKIP
+            ...     async with db.unit_of_work(read_only=True) as uow:
+            ...         await uow.users.get_one(user_id)  # on the primary
+        """
+        with pin(self):
+            yield
 
     async def run_in_transaction(
         self,
@@ -286,11 +335,13 @@ class Database(Generic[U]):
             # Every SQLite transaction is serializable; setting a level through the driver
             # would re-enable its implicit BEGIN and break the explicit-BEGIN recipe.
             return self._readers if read_only else self._writers
+        if read_only:
+            return self._nodes[0].read_sessions(isolation_level)
         key = (read_only, isolation_level)
         found = self._isolated.get(key)
         if found is None:
             engine = self._engine.execution_options(isolation_level=isolation_level)
-            found = self._isolated[key] = _sessions(engine, read_only=read_only)
+            found = self._isolated[key] = sessions(engine, read_only=read_only)
         return found
 
     @staticmethod
@@ -303,21 +354,33 @@ class Database(Generic[U]):
         )
 
     def pool_status(self) -> PoolStatus:
-        """How many connections the pool holds, and how many are checked out right now."""
-        pool = self._engine.pool
-        if isinstance(pool, QueuePool):
-            return PoolStatus(
-                size=pool.size(),
-                checked_out=pool.checkedout(),
-                checked_in=pool.checkedin(),
-                overflow=max(0, pool.overflow()),
-            )
-        # StaticPool (in-memory SQLite) and NullPool keep no count of checkouts.
-        return PoolStatus(size=1, checked_out=0, checked_in=0, overflow=0)
+        """How many connections the primary's pool holds, and how many are checked out now."""
+        return _pool_status(self._engine.pool)
+
+    def pool_statuses(self) -> dict[str, PoolStatus]:
+        """``pool_status()`` for every node: ``"primary"``, then ``"replica1"``, ``"replica2"``...
+
+        Example:
+            >>> {name: s.checked_out for name, s in db.pool_statuses().items()}  # doctest: +SKIP
+            {'primary': 0, 'replica1': 1, 'replica2': 0}
+        """
+        if not self._nodes:
+            return {"primary": self.pool_status()}
+        return {node.name: _pool_status(node.engine.pool) for node in self._nodes}
+
+    @property
+    def engines(self) -> dict[str, AsyncEngine]:
+        """Every node's engine by name, the primary first (e.g. to instrument each one)."""
+        if not self._nodes:
+            return {"primary": self._engine}
+        return {node.name: node.engine for node in self._nodes}
 
     async def dispose(self) -> None:
-        """Close every pooled connection. The database stays usable: it reconnects on demand."""
-        await self._engine.dispose()
+        """Stop the replica checks and close every pooled connection, on every node. The
+        database stays usable: it reconnects on demand."""
+        if self._router is not None:
+            await self._router.close()
+        await asyncio.gather(*(engine.dispose() for engine in self.engines.values()))
 
     async def __aenter__(self) -> Self:
         return self

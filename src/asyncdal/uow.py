@@ -13,11 +13,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from ._pgconnection import COMMIT_POSITION
 from .errors import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
@@ -33,17 +34,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asyncdal")
 
+#: The commit token of a commit that needs no replica to catch up (no replicas, SQLite).
+NO_TOKEN: Final = "0/0"
+
 M = TypeVar("M")
 R = TypeVar("R", bound=Repository[Any])
 T = TypeVar("T")
 
 
+def _driver(sync_session: Session) -> Any:
+    """The driver connection of the session's transaction, or None outside one."""
+    if not sync_session.in_transaction():
+        return None
+    return sync_session.connection().connection.driver_connection
+
+
 def _driver_closed(sync_session: Session) -> bool:
     """True when the driver knows the server closed this session's connection (asyncpg)."""
-    if not sync_session.in_transaction():
-        return False
-    driver = sync_session.connection().connection.driver_connection
-    is_closed = getattr(driver, "is_closed", None)
+    is_closed = getattr(_driver(sync_session), "is_closed", None)
     return bool(is_closed()) if callable(is_closed) else False
 
 
@@ -112,6 +120,7 @@ class UnitOfWork:
         read_only: bool = False,
         write_lock: WriteLock | None = None,
         timeout: float | None = None,
+        opener: Callable[[], Awaitable[AsyncSession]] | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise InvalidQueryError(f"timeout must be > 0 seconds or None, got {timeout!r}")
@@ -127,11 +136,25 @@ class UnitOfWork:
         self._repositories: dict[type[Any], Repository[Any]] = {}
         self._statement_failed = False
         self._on_commit: list[Callable[[], object]] = []
+        # Routing (replicas): picks the node and checks the connection out, opening the session
+        # on another node when one fails before any statement of this unit of work has run.
+        self._opener = opener
+        self._commit_token: str | None = None
 
     @property
     def read_only(self) -> bool:
         """True when this unit of work refuses writes."""
         return self._read_only
+
+    @property
+    def commit_token(self) -> str | None:
+        """After ``commit()``: the primary's WAL position once this commit is in (opaque).
+
+        Pass it as ``db.unit_of_work(read_only=True, after=token)`` to read your own writes
+        from a replica. ``None`` until committed; without replicas it exists and ``after=`` is
+        a no-op.
+        """
+        return self._commit_token
 
     @property
     def state(self) -> State:
@@ -179,11 +202,17 @@ class UnitOfWork:
             if self._write_lock is not None:
                 await self._write_lock.acquire()
                 self._holds_lock = True
-            self._session = self._factory()
-            self._state = State.ACTIVE
-            # Check out the connection now, so an unreachable database fails here, at the
-            # `async with`, as UnavailableError, and a SQLite writer begins right away.
-            await self._run("UnitOfWork.__aenter__", self._session.connection(), connecting=True)
+            if self._opener is not None:
+                opened = self._run("UnitOfWork.__aenter__", self._opener(), connecting=True)
+                self._session = await opened
+                self._state = State.ACTIVE
+            else:
+                self._session = self._factory()
+                self._state = State.ACTIVE
+                # Check out the connection now, so an unreachable database fails here, at the
+                # `async with`, as UnavailableError, and a SQLite writer begins right away.
+                connecting = self._session.connection()
+                await self._run("UnitOfWork.__aenter__", connecting, connecting=True)
         except BaseException as error:
             await self._shielded_close(rollback=False)
             await self._leave_timeout(type(error), error, error.__traceback__)
@@ -307,7 +336,12 @@ class UnitOfWork:
                 # A connection the server already closed cannot have sent COMMIT: that failure
                 # stays a plain (retryable) lost connection.
                 phase = "commit"
+            driver = _driver(sync_session)
             sync_session.commit()
+            # Left by asyncdal's asyncpg connection at COMMIT when replicas are configured.
+            # Read at once: the connection went back to the pool inside commit(), but no other
+            # task can run before this line.
+            self._commit_token = getattr(driver, COMMIT_POSITION, None) or NO_TOKEN
 
         try:
             await self._run("UnitOfWork.commit()", session.run_sync(flush_then_commit))

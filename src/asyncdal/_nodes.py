@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
-from .engine import create_engine
+from .engine import READER, create_engine
 from .errors import UnitOfWorkStateError, translate
 from .settings import DatabaseSettings, mask_url
 
@@ -72,7 +72,7 @@ class Node:
         self.read_engine = (
             engine.execution_options(postgresql_readonly=True)
             if pgbouncer
-            else engine.execution_options(isolation_level="AUTOCOMMIT")
+            else engine.execution_options(isolation_level="AUTOCOMMIT", **{READER: True})
         )
         self.readers = sessions(self.read_engine, read_only=True)
         self._isolated: dict[str, async_sessionmaker[AsyncSession]] = {}

@@ -14,16 +14,25 @@ outside transactions on a primary, and unnamed prepared statements behind PgBoun
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any, Final
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, StaticPool
+from sqlalchemy.util.concurrency import await_
 
 from ._pgconnection import PGBOUNCER_CLOSE_GRACE, connection_class
 from ._sqlite import one_hop_dbapi
 from .settings import DatabaseSettings
+
+#: Execution option marking asyncdal's own read-only path on a PostgreSQL primary: autocommit
+#: there stays read-only. Any other ``isolation_level="AUTOCOMMIT"`` use (the engine as an
+#: escape hatch, Alembic's ``autocommit_block()``) gets a connection that may write.
+READER: Final = "asyncdal_reader"
+#: Where a pooled connection notes that it was made writable outside transactions.
+_WRITABLE: Final = "asyncdal_writable"
 
 #: Execution option naming how a SQLite transaction begins: "IMMEDIATE", "DEFERRED" or None
 #: (no BEGIN at all: every statement commits on its own, as read-only units of work use).
@@ -45,7 +54,10 @@ def create_engine(
 
     On a PostgreSQL primary reached directly, connections default to read-only
     (``default_transaction_read_only``) and every explicit transaction begins ``READ WRITE``:
-    writes outside a transaction (``isolation_level="AUTOCOMMIT"``) are refused by the server.
+    asyncdal's read-only units of work run there in autocommit and the server refuses their writes.
+    Any other autocommit use (``isolation_level="AUTOCOMMIT"`` on the engine or a connection, e.g.
+    ``CREATE INDEX CONCURRENTLY`` in ``autocommit_block()``) gets a connection that may write: one
+    ``SET`` when it is checked out so, and the connection is replaced after it is returned.
     """
     kwargs: dict[str, Any] = {"echo": settings.echo, "hide_parameters": not settings.echo}
     if settings.backend == "sqlite":
@@ -188,7 +200,40 @@ def _postgres_engine(
         if driver is not None and driver.is_closed():
             raise exc.DisconnectionError("pooled connection was closed by the server")
 
+    if read_only_default:
+        _writable_autocommit(engine)
     return engine
+
+
+def _writable_autocommit(engine: AsyncEngine) -> None:
+    """Let autocommit write, except on asyncdal's own read-only path (see :data:`READER`)."""
+
+    def allow_writes(connection: Connection, options: Mapping[str, Any]) -> None:
+        if options.get("isolation_level") != "AUTOCOMMIT" or options.get(READER):
+            return
+        fairy = connection.connection
+        record = fairy._connection_record
+        if record is None or record.info.get(_WRITABLE):
+            return
+        driver = fairy.driver_connection
+        if driver is not None:
+            await_(driver.execute("SET default_transaction_read_only = off"))
+            record.info[_WRITABLE] = True
+
+    @event.listens_for(engine.sync_engine, "engine_connect")
+    def _engine_autocommit(connection: Connection) -> None:
+        allow_writes(connection, connection.get_execution_options())
+
+    @event.listens_for(engine.sync_engine, "set_connection_execution_options")
+    def _connection_autocommit(connection: Connection, options: Mapping[str, Any]) -> None:
+        allow_writes(connection, options)
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _replace_writable(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Back in the pool it must be read-only by default again: rather than a round trip to
+        # reset it here, the pool replaces it at its next checkout (a soft invalidation).
+        if record.info.pop(_WRITABLE, False):
+            record.invalidate(soft=True)
 
 
 def _unnamed() -> str:

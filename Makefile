@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
+# UV=/path/to/uv installs with uv instead of pip: seconds instead of half a minute (.ci/run does).
+UV ?=
 # The stamp names the Python it was made with, so PYTHON=another rebuilds the venv instead of
 # quietly running the one made by the old interpreter.
 PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
@@ -12,9 +14,14 @@ STAMP := $(BIN)/.installed-python$(PY_VERSION)
 .PHONY: install test lint format bench bench-quick clean
 
 $(STAMP): pyproject.toml
+ifeq ($(UV),)
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+else
+	$(UV) venv --quiet --clear --python $(PYTHON) $(VENV)
+	$(UV) pip install --quiet --python $(BIN)/python -e ".[dev]"
+endif
 	touch $@
 
 install: $(STAMP)

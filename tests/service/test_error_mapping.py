@@ -4,16 +4,23 @@ on 503, and bodies that never carry SQL, parameters, a driver message or a passw
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
 
+from asyncdal import Database
 from asyncdal.errors import StaleVersionError
 from asyncdal.users import UserRepository
 from examples.service.errors import status_of
+from tests.faults._helpers_core import eventually
 from tests.service._locks import holding
 from tests.service.conftest import MakeApp, assert_nothing_leaks, serving
 from tests.support import Backend
+
+
+async def _checked_out(db: Database[Any]) -> bool:
+    return db.metrics().pools["primary"].checked_out > 0
 
 
 async def _create(client: httpx.AsyncClient, **fields: object) -> int:
@@ -105,8 +112,7 @@ async def test_exhausted_pool_is_503_with_retry_after(make_app: MakeApp, backend
         async with holding(backend, user_id):
             # Holds the only connection, waiting for the lock.
             stuck = asyncio.create_task(client.patch(f"/users/{user_id}", json={"age": 5}))
-            while app.state.db.metrics().pools["primary"].checked_out == 0:
-                await asyncio.sleep(0.01)
+            assert await eventually(lambda: _checked_out(app.state.db), within=5)
             response = await client.get(f"/users/{user_id}")
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"

@@ -112,9 +112,8 @@ async def test_list_walks_every_user_once_in_keyset_pages(client: httpx.AsyncCli
 async def test_healthz_answers_without_asking_the_database(make_app: MakeApp) -> None:
     # A pool of 1 held by a unit of work: anything touching the database would wait.
     app = make_app(pool_size=1, max_overflow=0, pool_timeout=5)
-    async with serving(app) as client:
-        async with app.state.db.unit_of_work(read_only=True):
-            response = await asyncio.wait_for(client.get("/healthz"), timeout=2)
+    async with serving(app) as client, app.state.db.unit_of_work(read_only=True):
+        response = await asyncio.wait_for(client.get("/healthz"), timeout=2)
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 

@@ -41,18 +41,16 @@ async def database_url(backend: Backend, tmp_path: Path) -> AsyncIterator[str]:
 async def _rows(url: str) -> dict[int, int]:
     """Every user's id and age, read around the service."""
     if url.startswith("sqlite"):
-        connection = sqlite3.connect(make_url(url).database or "")
+        file = sqlite3.connect(make_url(url).database or "")
         try:
-            return dict(connection.execute("SELECT id, age FROM users").fetchall())
+            return dict(file.execute("SELECT id, age FROM users").fetchall())
         finally:
-            connection.close()
-    connection = await asyncpg.connect(pg_admin_dsn(url, make_url(url).database or ""))
+            file.close()
+    server = await asyncpg.connect(pg_admin_dsn(url, make_url(url).database or ""))
     try:
-        return {
-            row["id"]: row["age"] for row in await connection.fetch("SELECT id, age FROM users")
-        }
+        return {row["id"]: row["age"] for row in await server.fetch("SELECT id, age FROM users")}
     finally:
-        await connection.close()
+        await server.close()
 
 
 class Blocker:

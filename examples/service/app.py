@@ -145,10 +145,12 @@ async def readyz(request: Request, db: DB) -> JSONResponse:
     except Exception as error:
         status, _ = errors.status_of(error)
         logger.warning("not ready: %s (would answer %d)", type(error).__name__, status)
-        return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": "1"})
+        headers = {"Retry-After": errors.RETRY_AFTER}
+        return JSONResponse({"ready": False}, status_code=503, headers=headers)
     ready = revision == request.app.state.head
     body: dict[str, Any] = {"ready": ready, "ping_ms": round(round_trip * 1000, 3)}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    headers = None if ready else {"Retry-After": errors.RETRY_AFTER}
+    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
 
 @router.get("/metrics")

@@ -24,10 +24,11 @@ from sqlalchemy.pool import Pool, QueuePool
 
 from .errors import UnavailableError, raise_translated
 from .metrics import DatabaseMetrics, Durations, PoolMetrics, Recorder, UnitOfWorkMetrics
+from .uow import State
 
 if TYPE_CHECKING:
     from .settings import DatabaseSettings
-    from .uow import State, UnitOfWork
+    from .uow import UnitOfWork
 
 logger = logging.getLogger("asyncdal")
 
@@ -82,7 +83,7 @@ def label(uow: UnitOfWork) -> str:
 
 def outcome_of(uow: UnitOfWork, state: State, error: BaseException | None) -> str:
     """``committed``, ``failed``, ``read_only`` or ``rolled_back`` (see ``UnitOfWorkMetrics``)."""
-    if state.value == "committed":
+    if state is State.COMMITTED:
         return "committed"
     if error is not None:
         return "failed"

@@ -143,14 +143,14 @@ async def readyz(request: Request, db: DB) -> JSONResponse:
         round_trip = await db.ping()
         revision = await current(db)
     except Exception as error:
-        status, _ = errors.status_of(error)
-        logger.warning("not ready: %s (would answer %d)", type(error).__name__, status)
-        headers = {"Retry-After": errors.RETRY_AFTER}
-        return JSONResponse({"ready": False}, status_code=503, headers=headers)
+        logger.warning("not ready: %s", type(error).__name__)
+        return JSONResponse({"ready": False}, status_code=503, headers=_RETRY)
     ready = revision == request.app.state.head
     body: dict[str, Any] = {"ready": ready, "ping_ms": round(round_trip * 1000, 3)}
-    headers = None if ready else {"Retry-After": errors.RETRY_AFTER}
-    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+    return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else _RETRY)
+
+
+_RETRY = {"Retry-After": errors.RETRY_AFTER}
 
 
 @router.get("/metrics")

@@ -41,6 +41,9 @@ from tests.support import (
 
 __all__ = ["IN_CI", "PG_URL"]
 
+#: pytester runs the plugin's tests (tests/plugin) in child pytest sessions.
+pytest_plugins = ["pytester"]
+
 TEST_APP_NAME = "asyncdal-tests"
 
 

@@ -9,6 +9,7 @@ test's loop, through the test's ``Database``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -109,26 +110,40 @@ async def _migrate(settings: DatabaseSettings, migrate: Migrate) -> None:
 
 
 @contextmanager
-def scratch(url: URL, migrate: Migrate) -> Iterator[DatabaseSettings]:
-    """The migrated database the session tests on, as settings; dropped afterwards on
-    PostgreSQL, also when the session failed or was interrupted (Ctrl-C)."""
-    if url.get_backend_name() != "postgresql":
-        settings = DatabaseSettings(url.render_as_string(hide_password=False))
-        run_off_loop(lambda: _migrate(settings, migrate))
-        yield settings
-        return
+def _scratch_postgres(url: URL) -> Iterator[URL]:
+    """A new empty database on ``url``'s server, dropped afterwards whatever happens."""
     name = f"{SCRATCH_PREFIX}_{worker() or 'main'}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    target = url.set(database=name)
     created = False
     try:
         run_off_loop(lambda: _admin(url, f'CREATE DATABASE "{name}"'))
         created = True
-        settings = DatabaseSettings(target.render_as_string(hide_password=False))
-        run_off_loop(lambda: _migrate(settings, migrate))
-        yield settings
+        yield url.set(database=name)
     finally:
         if created:
             run_off_loop(lambda: _admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def scratch(url: URL, migrate: Migrate) -> Iterator[DatabaseSettings]:
+    """The migrated database the session tests on, as settings; dropped afterwards on
+    PostgreSQL, also when the session failed or was interrupted (Ctrl-C)."""
+    with contextlib.ExitStack() as stack:
+        if url.get_backend_name() == "postgresql":
+            url = stack.enter_context(_scratch_postgres(url))
+        settings = DatabaseSettings(url.render_as_string(hide_password=False))
+        run_off_loop(lambda: _migrate(settings, migrate))
+        yield settings
+
+
+@contextmanager
+def empty_scratch(url: URL, directory: Path) -> Iterator[URL]:
+    """An empty database on ``url``'s backend: a scratch database on its PostgreSQL server
+    (dropped afterwards), or a new SQLite file in ``directory``."""
+    if url.get_backend_name() == "postgresql":
+        with _scratch_postgres(url) as scratch_url:
+            yield scratch_url
+        return
+    yield make_url(f"sqlite+aiosqlite:///{directory / 'asyncdal-empty.db'}")
 
 
 #: Per database URL: what emptying it deletes (reflected once, on first use).

@@ -30,9 +30,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import pytest
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from alembic.config import Config
     from sqlalchemy.engine import URL
 
     from . import Database, DatabaseSettings, UnitOfWork
+    from ._migrationchecks import MigrationChecks as MigrationChecks
     from ._testdb import Migrate
 
 try:
@@ -43,9 +47,12 @@ else:
     _PYTEST_ASYNCIO = True
 
 __all__ = [
+    "MigrationChecks",
+    "asyncdal_alembic_config",
     "asyncdal_committing_db",
     "asyncdal_database",
     "asyncdal_db",
+    "asyncdal_empty_url",
     "asyncdal_migrate",
     "asyncdal_settings",
     "asyncdal_unit_of_work",
@@ -62,6 +69,15 @@ _SESSION_LOOP: Final = (
     'the test @pytest.mark.asyncio(loop_scope="session"); or use asyncdal_db or '
     "asyncdal_committing_db, which follow the test's loop"
 )
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: it imports Alembic and SQLAlchemy, which loading the plugin must not.
+    if name == "MigrationChecks":
+        from ._migrationchecks import MigrationChecks
+
+        return MigrationChecks
+    raise AttributeError(f"module 'asyncdal.testing' has no attribute {name!r}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -141,6 +157,25 @@ def asyncdal_settings(asyncdal_url: URL, asyncdal_migrate: Migrate) -> Iterator[
 
     with scratch(asyncdal_url, asyncdal_migrate) as settings:
         yield settings
+
+
+@pytest.fixture(scope="session")
+def asyncdal_alembic_config() -> Config:
+    """The Alembic configuration ``MigrationChecks`` checks (default: asyncdal's packaged
+    revisions). Override it with yours, e.g. ``alembic.config.Config("alembic.ini")``."""
+    from .migrations import alembic_config
+
+    return alembic_config()
+
+
+@pytest.fixture
+def asyncdal_empty_url(asyncdal_url: URL, tmp_path: Path) -> Iterator[URL]:
+    """An empty database on ``asyncdal_url``'s backend, for a test that migrates from nothing:
+    a scratch database on its PostgreSQL server (dropped afterwards), or a new SQLite file."""
+    from ._testdb import empty_scratch
+
+    with empty_scratch(asyncdal_url, tmp_path) as url:
+        yield url
 
 
 # -- the databases tests get ------------------------------------------------------------------

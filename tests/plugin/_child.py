@@ -122,6 +122,23 @@ async def test_a_concurrent_unit_of_work_is_refused_by_name(asyncdal_db):
     assert await count(asyncdal_db) == 1
 
 
+async def test_units_of_work_nest_in_one_task_as_outside_tests(asyncdal_db):
+    async with asyncdal_db.unit_of_work() as outer:
+        await outer.users.add(User(name="outer", age=1))
+        async with asyncdal_db.unit_of_work(read_only=True) as inner:
+            await inner.users.count()
+        if POSTGRES:
+            async with asyncdal_db.unit_of_work() as inner:
+                await inner.users.add(User(name="inner", age=1))
+                await inner.commit()
+        else:  # SQLite has one writer at a time: refused, as the write queue refuses it
+            with pytest.raises(UnitOfWorkStateError, match="inside another one in the same task"):
+                async with asyncdal_db.unit_of_work():
+                    pass
+        await outer.commit()
+    assert await count(asyncdal_db) == (2 if POSTGRES else 1)
+
+
 @pytest.mark.parametrize("n", [1, 2])
 async def test_committing_db_starts_empty_with_ids_from_1(asyncdal_committing_db, n):
     assert await count(asyncdal_committing_db) == 0

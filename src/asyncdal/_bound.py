@@ -66,19 +66,13 @@ class _BoundReadOnlySession(_ReadOnlySession):
 
     On PostgreSQL its savepoint runs ``SET TRANSACTION READ ONLY``, so the server refuses a write
     in it as it does outside tests (there read-only units of work run on connections that default
-    to read-only). Such a setting outlives a released savepoint, which would leave the rest of the
-    test read-only: so this session never releases its savepoint, ``commit()`` rolls it back
-    (it refuses to flush, so there is nothing to keep).
+    to read-only). The server restores the test's read-write state when the savepoint ends,
+    released or rolled back.
     """
 
     def invalidate(self) -> None:
         if not _roll_back_instead(self):
             super().invalidate()
-
-    def commit(self) -> None:
-        self.flush()  # refuses pending changes, as a read-only commit does outside tests
-        self.expunge_all()  # loaded objects stay readable, as after a commit
-        self.rollback()
 
 
 @event.listens_for(_BoundReadOnlySession, "after_begin")

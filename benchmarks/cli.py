@@ -34,7 +34,7 @@ from benchmarks.backends import (
 from benchmarks.plot import plot
 from benchmarks.results import document, write
 from benchmarks.runner import CellKey, Config, PassResult, run_backend, total_steps
-from benchmarks.stacks import STACKS
+from benchmarks.stacks import OPTIONAL_STACKS, STACKS
 from benchmarks.summary import Results, ratio_rows, summarize
 from benchmarks.tables import markdown_report, print_report
 from benchmarks.topology import add_arguments as add_topology_arguments
@@ -128,8 +128,9 @@ def parser() -> argparse.ArgumentParser:
         help="sqlite,postgresql (default: both; sqlite alone is --sqlite-only)")  # fmt: skip
     add("--workloads", type=_names(tuple(WORKLOADS)), default=tuple(WORKLOADS), metavar="LIST",
         help=f"default: {','.join(WORKLOADS)}")  # fmt: skip
-    add("--stacks", type=_names(STACKS), default=STACKS, metavar="LIST",
-        help=f"default: {','.join(STACKS)} (most abstraction to least)")  # fmt: skip
+    add("--stacks", type=_names(STACKS + OPTIONAL_STACKS), default=STACKS, metavar="LIST",
+        help=f"default: {','.join(STACKS)} (most abstraction to least); "
+        f"also {','.join(OPTIONAL_STACKS)}")  # fmt: skip
     add("--concurrency", type=_positive_ints(), default=(1, 16, 64), metavar="LIST",
         help="concurrent asyncio tasks per cell (default: 1,16,64)")  # fmt: skip
     add("--pool-size", type=_positive_ints(), default=(10,), metavar="LIST",

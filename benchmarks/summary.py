@@ -17,7 +17,14 @@ from typing import Any, Final
 from benchmarks.runner import CellKey, PassResult
 
 #: The ratios the issue asks for, numerator over denominator, on each backend.
-STACK_RATIOS: Final = (("uow", "session"), ("uow", "driver"), ("uow", "uow-nopool"))
+STACK_RATIOS: Final = (
+    ("uow", "session"),
+    ("uow", "driver"),
+    ("uow", "uow-nopool"),
+    # The hot-path cost of db.metrics() and of watching units of work (asked for with --stacks).
+    ("uow", "uow-nometrics"),
+    ("uow", "uow-unobserved"),
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._nodes import _ReadOnlySession
+from ._observer import Observer
 from ._writelock import WriteLock
 from .database import Database
 from .errors import UnitOfWorkStateError
@@ -31,6 +32,7 @@ from .settings import DatabaseSettings
 from .uow import UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
+D = TypeVar("D", bound=Database[Any])
 
 CONCURRENT_HINT = (
     "asyncdal_db runs every unit of work of a test on one connection, inside one transaction "
@@ -146,6 +148,18 @@ class _Turn(WriteLock):
         self._holder.leave()
 
 
+def view(base: Database[U], cls: type[D]) -> D:
+    """A ``cls`` sharing everything of ``base`` (engine, pools, settings) but its own record of
+    units of work: ``metrics()`` counts this test's, and ``dispose(timeout=)`` shuts down this
+    view for good, not ``base``, which the next test gets (it reconnects on demand)."""
+    made: D = cls.__new__(cls)
+    made.__dict__.update(base.__dict__)  # what other code adds to a Database comes along
+    observer = Observer(base.settings)
+    observer.tracing = base._observer.tracing
+    made._observer = observer
+    return made
+
+
 class BoundDatabase(Database[U]):
     """``base``'s units of work, each a savepoint on ``connection`` (already in a transaction).
 
@@ -160,9 +174,7 @@ class BoundDatabase(Database[U]):
     @classmethod
     def bind(cls, base: Database[U], connection: AsyncConnection) -> BoundDatabase[U]:
         """A view of ``base`` on ``connection``; call inside the test's running event loop."""
-        bound: BoundDatabase[U] = cls.__new__(cls)
-        # Everything else stays base's (engine, settings, counters other code adds later).
-        bound.__dict__.update(base.__dict__)
+        bound: BoundDatabase[U] = view(base, cls)
         bound._router = None  # no replicas inside a test: one connection serves every read
         bound._share_lock_with_readers = True  # read-only units of work take turns too
         bound._holder = _OneConnection(connection, base.backend)
@@ -187,6 +199,14 @@ class BoundDatabase(Database[U]):
         # builds it before returning: no other task can run in between.
         self._write_lock = _Turn(self._holder, read_only)
         return super().unit_of_work(read_only=read_only, **options)
+
+    async def dispose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - as Database's
+        """With ``timeout``: shut this test's database down (new units of work refused, those in
+        flight drained). The pool is the fixture's, and the test's connection stays checked out
+        until the test ends: disposing the engine would orphan it, so that is left to the fixture.
+        """
+        if timeout is not None:
+            await self._observer.drain(timeout, self.settings.connect_timeout)
 
     def _factory(
         self, read_only: bool, isolation_level: str | None

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import Pool, QueuePool
 
 from ._nodes import Node, nodes, sessions
+from ._observer import Observer, ping, pool_metrics
 from ._pgconnection import PRIMARY_TOKEN
 from ._writelock import WriteLock
 from .engine import SQLITE_BEGIN, create_engine
@@ -22,8 +23,10 @@ from .errors import (
     CommitOutcomeUnknownError,
     ConfigurationError,
     RetryableError,
+    UnavailableError,
     raise_translated,
 )
+from .metrics import DatabaseMetrics
 from .routing import Router, parse_position, pin, pinned
 from .settings import DatabaseSettings
 from .uow import State, UnitOfWork
@@ -124,13 +127,20 @@ class Database(Generic[U]):
         self._writers = sessions(self._engine, read_only=False)
         self._write_lock: WriteLock | None = None
         self._share_lock_with_readers = False
+        self._observer = Observer(settings)
         if settings.backend == "sqlite":
             self._sqlite_sessions(settings)
-            return
-        self._nodes = nodes(settings, self._engine, poolclass)
-        self._readers = self._nodes[0].readers
-        if len(self._nodes) > 1:
-            self._router = Router(settings, self._nodes[0], self._nodes[1:])
+        else:
+            self._nodes = nodes(settings, self._engine, poolclass)
+            self._readers = self._nodes[0].readers
+            if len(self._nodes) > 1:
+                self._router = Router(settings, self._nodes[0], self._nodes[1:])
+        if settings.slow_unit_of_work_ms is not None:
+            self._observer.count_statements(self.engines.values())
+        if settings.otel:
+            from .otel import instrument  # only now: without the setting nothing imports it
+
+            instrument(self)
 
     def _sqlite_sessions(self, settings: DatabaseSettings) -> None:
         # Writers: BEGIN IMMEDIATE. Readers: no BEGIN/COMMIT at all; each statement reads the
@@ -152,12 +162,20 @@ class Database(Generic[U]):
     @classmethod
     @overload
     def from_env(
-        cls, *, unit_of_work: None = None, environ: Mapping[str, str] | None = None
+        cls,
+        *,
+        unit_of_work: None = None,
+        environ: Mapping[str, str] | None = None,
+        default_url: str | None = None,
     ) -> Database[UnitOfWork]: ...
     @classmethod
     @overload
     def from_env(
-        cls, *, unit_of_work: type[U], environ: Mapping[str, str] | None = None
+        cls,
+        *,
+        unit_of_work: type[U],
+        environ: Mapping[str, str] | None = None,
+        default_url: str | None = None,
     ) -> Database[U]: ...
     @classmethod
     def from_env(
@@ -165,9 +183,12 @@ class Database(Generic[U]):
         *,
         unit_of_work: type[Any] | None = None,
         environ: Mapping[str, str] | None = None,
+        default_url: str | None = None,
     ) -> Database[Any]:
-        """Build from ``DATABASE_URL`` and ``ASYNCDAL_*`` variables (see ``DatabaseSettings``)."""
-        return Database(DatabaseSettings.from_env(environ), unit_of_work=unit_of_work)
+        """Build from ``DATABASE_URL`` (else ``default_url``) and ``ASYNCDAL_*`` variables (see
+        ``DatabaseSettings``)."""
+        settings = DatabaseSettings.from_env(environ, default_url=default_url)
+        return Database(settings, unit_of_work=unit_of_work)
 
     @property
     def settings(self) -> DatabaseSettings:
@@ -245,6 +266,7 @@ class Database(Generic[U]):
                     read_only=True,
                     timeout=timeout,
                     opener=router.opener(position, isolation_level),
+                    observer=self._observer,
                 )
         takes_lock = not read_only or self._share_lock_with_readers
         return self._uow_class(
@@ -252,6 +274,7 @@ class Database(Generic[U]):
             read_only=read_only,
             write_lock=self._write_lock if takes_lock else None,
             timeout=timeout,
+            observer=self._observer,
         )
 
     @contextlib.contextmanager
@@ -280,13 +303,15 @@ class Database(Generic[U]):
         isolation_level: IsolationLevel | None = None,
         base_delay: float = 0.01,
         max_delay: float = 1.0,
+        timeout: float | None = None,  # noqa: ASYNC109 - handed to each attempt's unit of work
     ) -> T:
         """Run ``fn(uow)`` in a fresh unit of work and commit; retry the whole on RetryableError.
 
         Each attempt gets a new unit of work; between attempts it sleeps a full-jitter backoff
         (uniform in ``[0, min(max_delay, base_delay * 2**attempt)]``). Never retried: any other
         error, a cancellation, and a connection lost during COMMIT unless ``idempotent=True``
-        (the first attempt may have committed). ``isolation_level`` is passed to each attempt's
+        (the first attempt may have committed). ``isolation_level`` and ``timeout`` (which
+        bounds each attempt, then raises ``QueryTimeoutError``) are passed to each attempt's
         unit of work (see ``unit_of_work()``).
 
         Raises:
@@ -298,10 +323,12 @@ class Database(Generic[U]):
         attempt = 0
         while True:
             attempt += 1
+            uow = self.unit_of_work(
+                read_only=read_only, isolation_level=isolation_level, timeout=timeout
+            )
+            uow._attempt = (fn, attempt)  # names the span and the slow-log line
             try:
-                async with self.unit_of_work(
-                    read_only=read_only, isolation_level=isolation_level
-                ) as uow:
+                async with uow:
                     try:
                         result = await fn(uow)
                     except Exception as error:
@@ -314,11 +341,11 @@ class Database(Generic[U]):
             except RetryableError as error:
                 if attempt >= attempts:
                     raise
-                self._log_retry(error, attempt, attempts)
+                self._retry(error, attempt, attempts)
             except CommitOutcomeUnknownError as error:
                 if not idempotent or attempt >= attempts:
                     raise
-                self._log_retry(error, attempt, attempts)
+                self._retry(error, attempt, attempts)
             await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
 
     def _factory(
@@ -344,8 +371,8 @@ class Database(Generic[U]):
             found = self._isolated[key] = sessions(engine, read_only=read_only)
         return found
 
-    @staticmethod
-    def _log_retry(error: Exception, attempt: int, attempts: int) -> None:
+    def _retry(self, error: Exception, attempt: int, attempts: int) -> None:
+        self._observer.retried(error)
         logger.info(
             "retrying transaction after %s (attempt %d of %d)",
             type(error).__name__,
@@ -375,9 +402,75 @@ class Database(Generic[U]):
             return {"primary": self._engine}
         return {node.name: node.engine for node in self._nodes}
 
-    async def dispose(self) -> None:
-        """Stop the replica checks and close every pooled connection, on every node. The
-        database stays usable: it reconnects on demand."""
+    async def ping(self) -> float:
+        """``SELECT 1`` on the primary through its pool; returns that round trip in seconds.
+
+        For readiness checks. Bounded by ``connect_timeout`` in all, connection included; a
+        pooled connection found dead is replaced once. Replicas are not pinged: the routing
+        health check watches them (a read falls back to the primary when none can take it).
+
+        Raises:
+            UnavailableError: no answer within ``connect_timeout`` (refused, unreachable, the
+                pool exhausted), or the database is shutting down.
+
+        Example:
+            >>> round_trip = await db.ping()  # doctest: +SKIP
+        """
+        if self._observer.closed:
+            raise UnavailableError("Database.ping() failed: the database is shutting down")
+        timeout = self._settings.connect_timeout
+        if self._nodes:
+            return await ping(self._nodes[0].read_engine, timeout, self.url)
+        engine = self._engine.execution_options(**{SQLITE_BEGIN: None})
+        if self._write_lock is None or not self._share_lock_with_readers:
+            return await ping(engine, timeout, self.url)
+        # In memory: one connection, shared; a SELECT between a writer's statements would
+        # roll the writer back when it returns to the pool.
+        await self._write_lock.acquire()
+        try:
+            return await ping(engine, timeout, self.url)
+        finally:
+            self._write_lock.release()
+
+    def metrics(self) -> DatabaseMetrics:
+        """A snapshot to export: each node's pool, connection wait time, units of work by
+        outcome and duration, slow units of work, retries by reason (see ``asyncdal.metrics``).
+
+        Example:
+            >>> db.metrics().units_of_work.committed  # doctest: +SKIP
+            1042
+        """
+        if not self._nodes:
+            pools = {"primary": pool_metrics(self._engine.pool)}
+        else:
+            pools = {node.name: pool_metrics(node.engine.pool) for node in self._nodes}
+        return self._observer.snapshot(pools)
+
+    async def dispose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline for others' work, not for this call
+        """Close every pooled connection, on every node, and stop the replica checks.
+
+        Without ``timeout`` the database stays usable: it reconnects on demand. With one, it
+        shuts down for good: new units of work (and ``ping()``) are refused at once with
+        ``UnavailableError``; those in flight may finish within ``timeout`` seconds; then the
+        rest are cancelled, rolled back (their callers get ``UnavailableError``, waited for
+        at most ``connect_timeout`` more) and every connection is closed. What committed
+        stays committed; what had not committed is rolled back, never half applied.
+
+        Example:
+            >>> await db.dispose(timeout=10)  # doctest: +SKIP
+        """
+        if timeout is not None:
+            if not timeout >= 0:
+                raise ConfigurationError(f"timeout must be >= 0 seconds, got {timeout!r}")
+            grace = self._settings.connect_timeout
+            in_flight, finished, cancelled = await self._observer.drain(timeout, grace)
+            logger.info(
+                "shutting down %s: %d units of work in flight, %d finished, %d cancelled",
+                self.url,
+                in_flight,
+                finished,
+                cancelled,
+            )
         if self._router is not None:
             await self._router.close()
         await asyncio.gather(*(engine.dispose() for engine in self.engines.values()))

@@ -91,6 +91,11 @@ class DatabaseSettings:
     ``migration_url`` is where migrations run instead of ``url`` (e.g. around PgBouncer).
     ``pgbouncer`` applies to every node.
 
+    In a service (see the README's "In a service"): ``metrics`` turns ``Database.metrics()``'s
+    counters on (the pools are measured either way); a unit of work slower than
+    ``slow_unit_of_work_ms`` logs one WARNING (``None``: never); ``otel`` instruments the
+    database with OpenTelemetry (the ``otel`` extra) as ``asyncdal.otel.instrument(db)`` does.
+
     Raises:
         ConfigurationError: a value is out of range; the message names the field and the value.
 
@@ -121,6 +126,9 @@ class DatabaseSettings:
     replica_retry_after: float = 5.0
     replica_fallback: ReplicaFallback = "primary"
     migration_url: str | None = field(default=None, repr=False)
+    metrics: bool = True
+    slow_unit_of_work_ms: float | None = None
+    otel: bool = False
 
     def __post_init__(self) -> None:
         parsed = parse_url(self.url)
@@ -142,6 +150,10 @@ class DatabaseSettings:
                 value is None or value > 0,
                 f"{name} must be > 0 seconds or None, got {value!r}",
             )
+        _check(
+            self.slow_unit_of_work_ms is None or self.slow_unit_of_work_ms >= 0,
+            f"slow_unit_of_work_ms must be >= 0 or None, got {self.slow_unit_of_work_ms!r}",
+        )
         _check(
             self.sqlite_synchronous in ("OFF", "NORMAL", "FULL", "EXTRA"),
             "sqlite_synchronous must be one of OFF, NORMAL, FULL, EXTRA, "

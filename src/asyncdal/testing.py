@@ -211,18 +211,20 @@ async def _rolled_back(base: Database[Any]) -> AsyncIterator[Database[Any]]:
     finally:
         rolled_back(base)
         try:
-            await connection.rollback()
+            if not connection.invalidated:  # else the server has rolled it back already
+                await connection.rollback()
         finally:
             await connection.close()
 
 
 @contextlib.asynccontextmanager
 async def _emptied_after(base: Database[Any]) -> AsyncIterator[Database[Any]]:
+    from ._bound import view
     from ._testdb import empty, empty_if_moved
 
     await empty_if_moved(base)
     try:
-        yield base
+        yield view(base, type(base))
     finally:
         await empty(base)
 

@@ -30,6 +30,7 @@ from .errors import (
 from .repository import Repository
 
 if TYPE_CHECKING:
+    from ._observer import Observer
     from ._writelock import WriteLock
 
 logger = logging.getLogger("asyncdal")
@@ -113,6 +114,9 @@ class UnitOfWork:
         ...     await uow.commit()
     """
 
+    #: ``(fn, attempt)`` when ``run_in_transaction`` runs this one: for the slow log and spans.
+    _attempt: tuple[object, int] | None = None
+
     def __init__(
         self,
         session_factory: async_sessionmaker[AsyncSession],
@@ -121,6 +125,7 @@ class UnitOfWork:
         write_lock: WriteLock | None = None,
         timeout: float | None = None,
         opener: Callable[[], Awaitable[AsyncSession]] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise InvalidQueryError(f"timeout must be > 0 seconds or None, got {timeout!r}")
@@ -140,6 +145,8 @@ class UnitOfWork:
         # on another node when one fails before any statement of this unit of work has run.
         self._opener = opener
         self._commit_token: str | None = None
+        # The Database's metrics, shutdown and tracing (asyncdal._observer); None when built alone.
+        self._observer = observer
 
     @property
     def read_only(self) -> bool:
@@ -195,6 +202,9 @@ class UnitOfWork:
             raise UnitOfWorkStateError(
                 f"cannot enter the unit of work: it is {self._describe_state()}"
             )
+        observer = self._observer
+        if observer is not None:
+            observer.enter(self)  # UnavailableError once the database is shutting down
         if self._timeout is not None:
             self._timeout_cm = asyncio.timeout(self._timeout)
             await self._timeout_cm.__aenter__()
@@ -213,9 +223,16 @@ class UnitOfWork:
                 # `async with`, as UnavailableError, and a SQLite writer begins right away.
                 connecting = self._session.connection()
                 await self._run("UnitOfWork.__aenter__", connecting, connecting=True)
+            if observer is not None:
+                observer.connected(self)
         except BaseException as error:
-            await self._shielded_close(rollback=False)
-            await self._leave_timeout(type(error), error, error.__traceback__)
+            try:
+                await self._shielded_close(rollback=False)
+                await self._leave_timeout(type(error), error, error.__traceback__)
+            except BaseException as final:
+                self._observed(State.NEW, final)
+                raise
+            self._observed(State.NEW, error)
             raise
         return self
 
@@ -225,13 +242,27 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        state = self._state
         try:
-            await self._shielded_close(rollback=self._state is State.ACTIVE)
-        except asyncio.CancelledError as cancelled:
-            # Cancelled during cleanup (e.g. our own timeout firing): still leave the timeout.
-            await self._leave_timeout(type(cancelled), cancelled, cancelled.__traceback__)
+            try:
+                await self._shielded_close(rollback=self._state is State.ACTIVE)
+            except asyncio.CancelledError as cancelled:
+                # Cancelled during cleanup (e.g. our own timeout firing): still leave the timeout.
+                await self._leave_timeout(type(cancelled), cancelled, cancelled.__traceback__)
+                raise
+            await self._leave_timeout(exc_type, exc, tb)
+        except BaseException as error:
+            self._observed(state, error)
             raise
-        await self._leave_timeout(exc_type, exc, tb)
+        self._observed(state, exc)
+
+    def _observed(self, state: State, error: BaseException | None) -> None:
+        """Tell the observer this unit of work has ended; raise what it says to raise instead
+        (``UnavailableError`` for one that a shutdown cancelled)."""
+        if self._observer is not None:
+            replacement = self._observer.leave(self, state, error)
+            if replacement is not None:
+                raise replacement from error
 
     async def _leave_timeout(
         self,

@@ -21,7 +21,7 @@ import asyncio
 import pytest
 from sqlalchemy import text
 
-from asyncdal.errors import RetryableError, UnitOfWorkStateError
+from asyncdal.errors import RetryableError, UnavailableError, UnitOfWorkStateError
 from asyncdal.models import Post, User
 from asyncdal.users import UserUnitOfWork
 
@@ -139,6 +139,12 @@ async def test_units_of_work_nest_in_one_task_as_outside_tests(asyncdal_db):
     assert await count(asyncdal_db) == (2 if POSTGRES else 1)
 
 
+async def test_asyncdal_db_may_be_shut_down_by_its_test(asyncdal_db):
+    await asyncdal_db.dispose(timeout=1)  # e.g. the service's shutdown, under test
+    with pytest.raises(UnavailableError, match="shutting down"):
+        await count(asyncdal_db)
+
+
 @pytest.mark.parametrize("n", [1, 2])
 async def test_committing_db_starts_empty_with_ids_from_1(asyncdal_committing_db, n):
     assert await count(asyncdal_committing_db) == 0
@@ -153,6 +159,12 @@ async def test_committing_db_starts_empty_with_ids_from_1(asyncdal_committing_db
 
     ids = await asyncio.gather(add("a"), add("b"))
     assert sorted(ids) == [1, 2]
+
+
+async def test_asyncdal_committing_db_may_be_shut_down_by_its_test(asyncdal_committing_db):
+    await asyncdal_committing_db.dispose(timeout=1)
+    with pytest.raises(UnavailableError, match="shutting down"):
+        await count(asyncdal_committing_db)
 
 
 async def test_nothing_is_left_after_the_committing_tests(asyncdal_db):

@@ -7,7 +7,7 @@ import pytest
 from tests.support import require_postgres
 
 #: How many of the child's BEHAVIOURS tests there are (see _child.py).
-BEHAVIOURS_COUNT = 10
+BEHAVIOURS_COUNT = 12
 
 
 @pytest.fixture(

@@ -41,6 +41,9 @@ from tests.support import (
 
 __all__ = ["IN_CI", "PG_URL"]
 
+#: pytester runs the plugin's tests (tests/plugin) in child pytest sessions.
+pytest_plugins = ["pytester"]
+
 TEST_APP_NAME = "asyncdal-tests"
 
 
@@ -159,10 +162,29 @@ async def _backend(
 
 
 @pytest.fixture
-async def db(backend: Backend) -> Database[UserUnitOfWork]:
-    """The backend's shared ``Database``, with its tables emptied before the test."""
+async def db(backend: Backend) -> AsyncIterator[Database[UserUnitOfWork]]:
+    """The backend's shared ``Database``, really committing, its tables emptied before and
+    after the test (``tests/integration`` replaces it with the plugin's ``asyncdal_db``)."""
     await clean(backend.shared)
-    return backend.shared
+    yield backend.shared
+    await clean(backend.shared)
+
+
+# The plugin's fixtures (asyncdal.testing) test on the backend's database: asyncdal_database,
+# asyncdal_db and asyncdal_committing_db then run on SQLite and PostgreSQL (and through PgBouncer
+# with ASYNCDAL_TEST_PGBOUNCER=1) like every test here.
+
+
+@pytest.fixture(scope="session")
+def asyncdal_settings(backend: Backend) -> DatabaseSettings:
+    """The backend's migrated database (instead of a scratch one of the plugin's)."""
+    return backend.shared.settings
+
+
+@pytest.fixture(scope="session")
+def asyncdal_unit_of_work() -> type[UserUnitOfWork]:
+    """Units of work with the reference domain's repositories (``uow.users``, ``uow.posts``)."""
+    return UserUnitOfWork
 
 
 async def clean(db: Database[Any]) -> None:

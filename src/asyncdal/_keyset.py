@@ -203,7 +203,10 @@ class Ordering:
         if not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_LENGTH:
             raise InvalidQueryError(f"{op}: after= takes a cursor from Page.next_cursor")
         try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            # validate=True: the lenient decoder skips characters outside the alphabet, so
+            # a cursor with junk appended ("...!") could decode to the same position.
+            padded = cursor + "=" * (-len(cursor) % 4)
+            raw = base64.b64decode(padded, altchars=b"-_", validate=True)
             payload = json.loads(raw.decode("utf-8"))
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise InvalidQueryError(f"{op}: the cursor is malformed") from None

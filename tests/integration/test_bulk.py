@@ -201,19 +201,21 @@ class Tagged(_Scratch):
 
 
 @pytest.fixture
-async def tagged(db: Database[UserUnitOfWork]) -> AsyncIterator[Database[UserUnitOfWork]]:
+async def tagged(
+    committing_db: Database[UserUnitOfWork],
+) -> AsyncIterator[Database[UserUnitOfWork]]:
     def create(connection: Connection) -> None:
         _Scratch.metadata.create_all(connection)
 
     def drop(connection: Connection) -> None:
         _Scratch.metadata.drop_all(connection)
 
-    async with db.engine.begin() as connection:
+    async with committing_db.engine.begin() as connection:
         await connection.run_sync(create)
     try:
-        yield db
+        yield committing_db
     finally:
-        async with db.engine.begin() as connection:
+        async with committing_db.engine.begin() as connection:
             await connection.run_sync(drop)
 
 

@@ -102,16 +102,16 @@ async def test_unopenable_sqlite_path_is_unavailable() -> None:
 
 
 async def test_after_a_database_error_the_unit_of_work_says_it_has_ended(
-    db: Database[UserUnitOfWork],
+    committing_db: Database[UserUnitOfWork],
 ) -> None:
     from asyncdal.errors import UnitOfWorkStateError
 
-    async with db.unit_of_work() as uow:
+    async with committing_db.unit_of_work() as uow:
         await uow.users.add(User(name="A", age=1, email="once@example.com"))
         with pytest.raises(ConflictError):
             await uow.users.add(User(name="B", age=1, email="once@example.com"))
         with pytest.raises(UnitOfWorkStateError, match=r"UserRepository.count\(\).*rolled back"):
             await uow.users.count()
-    assert db.pool_status().checked_out == 0
-    async with db.unit_of_work(read_only=True) as uow:
+    assert committing_db.pool_status().checked_out == 0
+    async with committing_db.unit_of_work(read_only=True) as uow:
         assert await uow.users.count() == 0

@@ -76,10 +76,10 @@ async def test_get_or_create_refuses_a_read_only_unit_of_work(
 
 
 async def test_64_concurrent_get_or_create_calls_create_exactly_once(
-    db: Database[UserUnitOfWork],
+    committing_db: Database[UserUnitOfWork],
 ) -> None:
     async def get_or_create(index: int) -> tuple[int, bool]:
-        async with db.unit_of_work() as uow:
+        async with committing_db.unit_of_work() as uow:
             user, created = await uow.users.get_or_create(
                 email="race@example.com", defaults={"name": f"caller {index}", "age": 30}
             )
@@ -92,12 +92,12 @@ async def test_64_concurrent_get_or_create_calls_create_exactly_once(
     outcomes = [r for r in results if isinstance(r, tuple)]
     assert sum(created for _, created in outcomes) == 1
     assert len({user_id for user_id, _ in outcomes}) == 1
-    async with db.unit_of_work(read_only=True) as uow:
+    async with committing_db.unit_of_work(read_only=True) as uow:
         assert await uow.users.count() == 1
 
 
 async def test_get_or_create_after_the_other_inserter_rolls_back_creates_the_row(
-    db: Database[UserUnitOfWork],
+    committing_db: Database[UserUnitOfWork],
 ) -> None:
     # The first transaction inserts the key and holds it; the second waits on it (PostgreSQL:
     # the unique index; SQLite: the write lock). When the first rolls back, the second must
@@ -105,7 +105,7 @@ async def test_get_or_create_after_the_other_inserter_rolls_back_creates_the_row
     holding = asyncio.Event()
 
     async def first() -> None:
-        async with db.unit_of_work() as uow:
+        async with committing_db.unit_of_work() as uow:
             await uow.users.get_or_create(
                 email="gone@example.com", defaults={"name": "A", "age": 1}
             )
@@ -115,7 +115,7 @@ async def test_get_or_create_after_the_other_inserter_rolls_back_creates_the_row
 
     async def second() -> tuple[int, bool]:
         await holding.wait()
-        async with db.unit_of_work() as uow:
+        async with committing_db.unit_of_work() as uow:
             user, created = await uow.users.get_or_create(
                 email="gone@example.com", defaults={"name": "B", "age": 2}
             )
@@ -124,6 +124,6 @@ async def test_get_or_create_after_the_other_inserter_rolls_back_creates_the_row
 
     _, (user_id, created) = await asyncio.gather(first(), second())
     assert created
-    async with db.unit_of_work(read_only=True) as uow:
+    async with committing_db.unit_of_work(read_only=True) as uow:
         stored = await uow.users.get_one(user_id)
         assert stored.name == "B"

@@ -79,13 +79,13 @@ async def test_hooks_never_run_after_a_failed_commit(db: Database[UserUnitOfWork
 
 
 async def test_hooks_never_run_when_the_task_is_cancelled_before_commit_ends(
-    db: Database[UserUnitOfWork],
+    committing_db: Database[UserUnitOfWork],
 ) -> None:
     ran: list[str] = []
     inside = asyncio.Event()
 
     async def work() -> None:
-        async with db.unit_of_work() as uow:
+        async with committing_db.unit_of_work() as uow:
             await uow.users.add(User(name="Ann", age=30))
             uow.on_commit(lambda: ran.append("cancelled"))
             inside.set()
@@ -98,7 +98,7 @@ async def test_hooks_never_run_when_the_task_is_cancelled_before_commit_ends(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert ran == []
-    assert db.pool_status().checked_out == 0
+    assert committing_db.pool_status().checked_out == 0
 
 
 async def test_run_in_transaction_runs_only_the_committing_attempts_hooks_once(
@@ -150,19 +150,21 @@ async def test_a_failing_hook_is_logged_and_the_others_still_run(
         assert await uow.users.count() == 1
 
 
-async def test_a_hook_may_open_a_writing_unit_of_work(db: Database[UserUnitOfWork]) -> None:
+async def test_a_hook_may_open_a_writing_unit_of_work(
+    committing_db: Database[UserUnitOfWork],
+) -> None:
     async def write_again() -> None:
         async with asyncio.timeout(5):  # SQLite: the write lock must already be free
-            async with db.unit_of_work() as other:
+            async with committing_db.unit_of_work() as other:
                 await other.users.add(User(name="from hook", age=1))
                 await other.commit()
 
-    async with db.unit_of_work() as uow:
+    async with committing_db.unit_of_work() as uow:
         await uow.users.add(User(name="first", age=1))
         uow.on_commit(write_again)
         await uow.commit()
-    assert db.pool_status().checked_out == 0
-    async with db.unit_of_work(read_only=True) as uow:
+    assert committing_db.pool_status().checked_out == 0
+    async with committing_db.unit_of_work(read_only=True) as uow:
         assert sorted(u.name for u in await uow.users.list()) == ["first", "from hook"]
 
 

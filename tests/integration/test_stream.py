@@ -19,14 +19,14 @@ N = 3_000
 
 
 @pytest.fixture
-async def many(db: Database[UserUnitOfWork]) -> Database[UserUnitOfWork]:
-    async with db.unit_of_work() as uow:
+async def many(committing_db: Database[UserUnitOfWork]) -> Database[UserUnitOfWork]:
+    async with committing_db.unit_of_work() as uow:
         await uow.users.insert_many(
             {"name": f"user {i % 97}", "age": i % 13, "email": None if i % 4 else f"e{i}@x"}
             for i in range(N)
         )
         await uow.commit()
-    return db
+    return committing_db
 
 
 @pytest.mark.parametrize("read_only", [True, False])

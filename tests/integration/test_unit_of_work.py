@@ -43,17 +43,17 @@ async def test_explicit_rollback_discards_and_ends(db: Database[UserUnitOfWork])
 
 
 async def test_connection_is_returned_to_the_pool_in_every_case(
-    db: Database[UserUnitOfWork],
+    committing_db: Database[UserUnitOfWork],
 ) -> None:
-    async with db.unit_of_work() as uow:
-        assert db.pool_status().checked_out == 1
+    async with committing_db.unit_of_work() as uow:
+        assert committing_db.pool_status().checked_out == 1
         await uow.commit()
     with pytest.raises(RuntimeError):
-        async with db.unit_of_work():
+        async with committing_db.unit_of_work():
             raise RuntimeError
-    async with db.unit_of_work(read_only=True):
+    async with committing_db.unit_of_work(read_only=True):
         pass
-    assert db.pool_status().checked_out == 0
+    assert committing_db.pool_status().checked_out == 0
 
 
 async def test_savepoint_failure_keeps_the_outer_work(db: Database[UserUnitOfWork]) -> None:
@@ -145,18 +145,20 @@ async def test_run_in_transaction_never_retries_a_conflict(db: Database[UserUnit
     assert calls == 1
 
 
-async def test_unit_of_work_timeout_rolls_back_and_raises(db: Database[UserUnitOfWork]) -> None:
+async def test_unit_of_work_timeout_rolls_back_and_raises(
+    committing_db: Database[UserUnitOfWork],
+) -> None:
     import asyncio
 
     from asyncdal.errors import QueryTimeoutError
 
     with pytest.raises(QueryTimeoutError, match=r"timeout of 0\.2 s"):
-        async with db.unit_of_work(timeout=0.2) as uow:
+        async with committing_db.unit_of_work(timeout=0.2) as uow:
             await uow.users.add(User(name="Slow", age=1))
             await asyncio.sleep(5)
             await uow.commit()
-    assert await _count(db) == 0
-    assert db.pool_status().checked_out == 0
+    assert await _count(committing_db) == 0
+    assert committing_db.pool_status().checked_out == 0
 
 
 async def test_pooled_connection_is_handed_to_waiters_in_turn(backend: Backend) -> None:

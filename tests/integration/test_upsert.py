@@ -149,10 +149,10 @@ async def test_upsert_refuses_a_row_with_nothing_to_update(
 
 
 async def test_64_concurrent_upserts_of_one_key_end_with_one_row_and_no_errors(
-    db: Database[UserUnitOfWork],
+    committing_db: Database[UserUnitOfWork],
 ) -> None:
     async def upsert(age: int) -> User:
-        async with db.unit_of_work() as uow:
+        async with committing_db.unit_of_work() as uow:
             user = await uow.users.upsert({**ANN, "age": age}, on=("email",))
             await uow.commit()
             return user
@@ -160,7 +160,7 @@ async def test_64_concurrent_upserts_of_one_key_end_with_one_row_and_no_errors(
     results = await asyncio.gather(*(upsert(age) for age in range(64)), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
-    async with db.unit_of_work(read_only=True) as uow:
+    async with committing_db.unit_of_work(read_only=True) as uow:
         rows = await uow.users.list()
     assert len(rows) == 1
     # Every upsert after the first was an update: the version counted all of them.

@@ -219,6 +219,7 @@ class Database(Generic[U]):
             read_only=read_only,
             write_lock=self._write_lock if takes_lock else None,
             timeout=timeout,
+            fast_paths=self._settings.fast_paths,
         )
 
     async def run_in_transaction(

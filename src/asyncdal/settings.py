@@ -101,6 +101,9 @@ class DatabaseSettings:
     sqlite_busy_timeout: float = 30.0
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     echo: bool = False
+    #: Flush-free INSERT for ``add()`` and UPDATE at commit where the flush would send just that
+    #: statement (see ``asyncdal._fastpath``); off sends everything through ``Session.flush()``.
+    fast_paths: bool = True
 
     def __post_init__(self) -> None:
         parsed = parse_url(self.url)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from . import _fastpath
 from .errors import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
@@ -112,6 +113,7 @@ class UnitOfWork:
         read_only: bool = False,
         write_lock: WriteLock | None = None,
         timeout: float | None = None,
+        fast_paths: bool = True,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise InvalidQueryError(f"timeout must be > 0 seconds or None, got {timeout!r}")
@@ -127,6 +129,9 @@ class UnitOfWork:
         self._repositories: dict[type[Any], Repository[Any]] = {}
         self._statement_failed = False
         self._on_commit: list[Callable[[], object]] = []
+        # Never in a read-only unit of work: its session must refuse to flush, and the fast
+        # paths write without flushing.
+        self._fast_paths = fast_paths and _fastpath.AVAILABLE and not read_only
 
     @property
     def read_only(self) -> bool:
@@ -302,6 +307,8 @@ class UnitOfWork:
             # One greenlet for both steps; the phase tells a connection lost while flushing
             # (nothing committed: retryable) from one lost during COMMIT (outcome unknown).
             nonlocal phase
+            if self._fast_paths:
+                _fastpath.flush_updates(sync_session)  # leaves the flush nothing, or everything
             sync_session.flush()
             if not _driver_closed(sync_session):
                 # A connection the server already closed cannot have sent COMMIT: that failure

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import inspect, text
+from sqlalchemy import Integer, String, inspect, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from asyncdal import Database
 from asyncdal.errors import DataAccessError
@@ -20,6 +21,33 @@ from asyncdal.models import Post, User
 from asyncdal.users import UserUnitOfWork
 
 Outcome = dict[str, Any]
+
+
+class Scratch(DeclarativeBase):
+    """Tables of this test only (created and dropped by its fixture)."""
+
+
+class Gadget(Scratch):
+    """Defaults of every kind User lacks: a scalar one, a context-sensitive one, a server-side
+    one (fetched back by RETURNING), none at all, a context-sensitive ``onupdate``, and a
+    version counter without a server default."""
+
+    __tablename__ = "fastpath_gadgets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(10), default="python")
+    shout: Mapped[str] = mapped_column(
+        String(20), default=lambda ctx: ctx.get_current_parameters()["label"].upper()
+    )
+    kind: Mapped[str] = mapped_column(String(10), server_default="plain")
+    note: Mapped[str | None] = mapped_column(String(20))
+    revision: Mapped[int] = mapped_column(
+        Integer, default=0, onupdate=lambda ctx: ctx.get_current_parameters()["counter"] * 10
+    )
+    counter: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": counter}  # noqa: RUF012 - read once by the mapper
 
 
 @dataclass
@@ -30,6 +58,7 @@ class World:
     ids: list[int] = field(default_factory=list)
     #: Objects from ended units of work (detached), later re-attached or just re-described.
     kept: list[User] = field(default_factory=list)
+    gadgets: list[int] = field(default_factory=list)
     serial: int = 0
 
     def email(self, rng: random.Random) -> str | None:
@@ -55,7 +84,7 @@ def describe(obj: object) -> Outcome:
             continue
         if isinstance(value, list):
             values[key] = [_shallow(item) for item in value]
-        elif isinstance(value, User | Post):
+        elif isinstance(value, User | Post | Gadget):
             values[key] = _shallow(value)
         else:
             values[key] = value
@@ -85,7 +114,7 @@ async def rows(db: Database[UserUnitOfWork]) -> dict[str, list[tuple[Any, ...]]]
     """Every row as stored: raw SQL, so SQLite's text form of a datetime is compared as is."""
     found: dict[str, list[tuple[Any, ...]]] = {}
     async with db.engine.connect() as connection:
-        for table in ("users", "posts"):
+        for table in ("users", "posts", Gadget.__tablename__):
             result = await connection.execute(text(f"SELECT * FROM {table} ORDER BY id"))
             found[table] = [tuple(row) for row in result]
     return found
@@ -313,6 +342,35 @@ async def add_after_change(world: World, rng: random.Random) -> Outcome:
     return out
 
 
+async def gadgets(world: World, rng: random.Random) -> Outcome:
+    """Gadgets added with some values given (a key, the server-side one, a note), then changed."""
+    made = []
+    for i in range(rng.randint(1, 2)):
+        gadget = Gadget(label=f"g{rng.getrandbits(16)}")
+        if rng.random() < 0.3:
+            gadget.kind = "given"
+        if rng.random() < 0.3:
+            gadget.note = "noted"
+        if rng.random() < 0.2:
+            gadget.id = 1_000 * (1 + len(world.gadgets)) + i
+        made.append(gadget)
+    out: Outcome = {}
+    try:
+        async with world.db.unit_of_work() as uow:
+            for gadget in made:
+                await uow.repository(Gadget).add(gadget)
+            if world.gadgets and rng.random() < 0.7:
+                old = await uow.repository(Gadget).get_one(rng.choice(world.gadgets))
+                old.label = f"c{rng.getrandbits(16)}"
+                made.append(old)
+            await uow.commit()
+        world.gadgets += [g.id for g in made[:2] if g.id not in world.gadgets]
+    except DataAccessError as error:
+        out.update(_error(error))
+    out["gadgets"] = [describe(gadget) for gadget in made]
+    return out
+
+
 Op = Callable[[World, random.Random], Awaitable[Outcome]]
 OPS: tuple[Op, ...] = (
     add_users,
@@ -327,4 +385,6 @@ OPS: tuple[Op, ...] = (
     posts,
     stale_copy,
     add_after_change,
+    gadgets,
+    gadgets,
 )

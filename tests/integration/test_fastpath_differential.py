@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import delete, event
 
 from asyncdal import Database, DatabaseSettings, _fastpath, models
 from asyncdal.migrations import upgrade
 from asyncdal.users import UserUnitOfWork
 from tests.conftest import clean
-from tests.integration._fastpath_ops import OPS, World, rows
+from tests.integration._fastpath_ops import OPS, Gadget, Scratch, World, rows
 from tests.support import Backend, create_pg_database, drop_pg_database
 
 SEEDS = range(6)
@@ -91,6 +91,8 @@ async def pair(
             )
             made.append(Database(settings, unit_of_work=UserUnitOfWork))
             await upgrade(made[-1])
+            async with made[-1].engine.begin() as connection:
+                await connection.run_sync(Scratch.metadata.create_all)
         yield made[0], made[1]
     finally:
         for db in made:
@@ -124,6 +126,8 @@ async def test_fast_paths_leave_the_same_sql_rows_and_objects_as_the_flush(
         worlds = [World(db) for db in pair]
         for world in worlds:
             await clean(world.db)
+            async with world.db.engine.begin() as connection:
+                await connection.execute(delete(Gadget))
         plan = random.Random(seed)
         for step in range(STEPS):
             op = plan.choice(OPS)

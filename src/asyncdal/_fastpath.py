@@ -247,7 +247,6 @@ def _insert_params(
         or session._deleted
         or session.identity_map._modified
         or not _no_flush_events(session, mapper, insert=True)
-        or state._orphaned_outside_of_session  # the flush drops such an object
     ):
         return None
     dict_, committed = state.dict, state.committed_state

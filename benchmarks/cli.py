@@ -23,6 +23,7 @@ from rich.progress import (
 )
 
 from asyncdal.settings import mask_url
+from benchmarks import loops
 from benchmarks.backends import (
     Backend,
     BenchError,
@@ -146,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     add("--users", type=_positive_int(), default=10_000, metavar="N",
         help="users seeded before the run (default 10000)")  # fmt: skip
     add("--seed", type=int, default=1, metavar="N", help="random seed for ids, ages and names")
+    add("--loop", choices=loops.LOOPS, default="asyncio",
+        help="the event loop of every stack (uvloop: pip install 'asyncdal[uvloop]')")  # fmt: skip
     add("--output", type=Path, default=RESULTS_DIR, metavar="DIR",
         help="where the JSON, PNG and Markdown go (default: benchmarks/results)")  # fmt: skip
     return p
@@ -172,6 +175,7 @@ def config_from(args: argparse.Namespace) -> tuple[Config, str | None]:
         users=args.users,
         seed=args.seed,
         quick=args.quick,
+        loop=args.loop,
         **values,
     )
     return config, args.postgres if "postgresql" in backends else None
@@ -247,7 +251,10 @@ async def run(config: Config, pg_url: str | None, output: Path, console: Console
     latest_name = "quick-latest" if config.quick else "latest"
     json_path, _ = write(doc, output, stamp, latest_name)
     machine = doc["machine"]
-    subtitle = f"{machine['cpu']}, {machine['cores']} cores · {started:%Y-%m-%d}"
+    subtitle = (
+        f"{machine['cpu']}, {machine['cores']} cores · {loops.describe(config.loop)} loop"
+        f" · {started:%Y-%m-%d}"
+    )
     png_path, _ = plot(results, names, config, output, stamp, subtitle, latest_name)
     # The same tables as Markdown, for benchmarks/README.md (not committed: copy what you keep).
     (output / f"{latest_name}.md").write_text(markdown_report(results, names, config, checks))
@@ -267,8 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=140)  # piped or in CI: wide enough that tables do not wrap
     try:
-        asyncio.run(run(config, pg_url, args.output, console, masked_command(argv)))
-    except BenchError as error:
+        factory = loops.loop_factory(config.loop)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run(config, pg_url, args.output, console, masked_command(argv)))
+    except (BenchError, loops.LoopUnavailableError) as error:
         print(f"python -m benchmarks: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import loops
 from benchmarks.runner import Config
 from benchmarks.summary import STACK_RATIOS, Results, Summary
 
@@ -120,9 +121,10 @@ def print_report(
 ) -> None:
     """Every table of the run, to the terminal."""
     passes = f"median of {config.repeat} passes" if config.repeat > 1 else "1 pass, no spread"
+    loop = f"{loops.describe(config.loop)} loop"
     for backend in backends:
         for pool in config.pool_sizes:
-            label = f"{_LABEL[backend]} · pool {pool}"
+            label = f"{_LABEL[backend]} · pool {pool} · {loop}"
             header, rows = grid(results, backend, pool, config, throughput_cell(config))
             console.print(_rich(f"{label} · ops/s, {passes} (± half the range)", header, rows))
             header, rows = grid(results, backend, pool, config, lambda _w, s: latency_text(s))
@@ -130,7 +132,10 @@ def print_report(
             console.print(_rich(title, header, rows))
     for pool in config.pool_sizes:
         header, rows = ratio_grid(results, backends, pool, config)
-        title = f"Ratios of throughput · pool {pool} · 'within noise': the passes' range spans 1.0"
+        title = (
+            f"Ratios of throughput · pool {pool} · {loop} · "
+            "'within noise': the passes' range spans 1.0"
+        )
         console.print(_rich(title, header, rows))
     console.print(_rich("Lost-update check", *check_grid(results, checks, config)))
     problems = error_rows(results)
@@ -194,21 +199,23 @@ def markdown_report(
     results: Results, backends: Sequence[str], config: Config, checks: list[dict[str, Any]]
 ) -> str:
     """The README's tables: ratios, then ops/s per backend, then the lost-update check."""
+    loop = f"{loops.describe(config.loop)} loop"
     parts: list[str] = []
     for pool in config.pool_sizes:
         parts += [
-            f"Ratios of throughput, pool {pool}:",
+            f"Ratios of throughput, pool {pool}, {loop}:",
             markdown(*ratio_grid(results, backends, pool, config)),
         ]
         for backend in backends:
             header, rows = grid(results, backend, pool, config, throughput_cell(config))
             parts += [
-                f"{_LABEL[backend]}, pool {pool}, ops/s (median ± half the range):",
+                f"{_LABEL[backend]}, pool {pool}, {loop}, ops/s (median ± half the range):",
                 markdown(header, rows),
             ]
             header, rows = grid(results, backend, pool, config, lambda _w, s: latency_text(s))
             parts += [
-                f"{_LABEL[backend]}, pool {pool}, latency p50/p99 ms · client CPU µs per op:",
+                f"{_LABEL[backend]}, pool {pool}, {loop}, "
+                "latency p50/p99 ms · client CPU µs per op:",
                 markdown(header, rows),
             ]
     parts += ["Lost-update check:", markdown(*check_grid(results, checks, config))]

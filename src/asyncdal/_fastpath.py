@@ -309,6 +309,15 @@ def _insert(
 # -- update ----------------------------------------------------------------------------------
 
 
+def flush(session: Session) -> None:
+    """``session.flush()``, its column-only UPDATEs sent by ``flush_updates()`` first.
+
+    Runs inside ``AsyncSession.run_sync``.
+    """
+    flush_updates(session)
+    session.flush()  # nothing left, or everything: flush_updates() sends all or nothing
+
+
 def flush_updates(session: Session) -> None:
     """Send the session's changes as the flush's UPDATEs when they are only column changes on
     loaded objects of one class; otherwise leave everything to ``Session.flush()``.

@@ -126,7 +126,8 @@ class Repository(Generic[M]):
             session.add(obj)
         for name, value in values.items():
             setattr(obj, name, value)
-        await self._uow._run(op, session.flush())
+        flushed = session.run_sync(_fastpath.flush) if self._uow._fast_paths else session.flush()
+        await self._uow._run(op, flushed)
         return obj
 
     async def delete(self, obj: M) -> None:

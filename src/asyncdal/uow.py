@@ -308,8 +308,9 @@ class UnitOfWork:
             # (nothing committed: retryable) from one lost during COMMIT (outcome unknown).
             nonlocal phase
             if self._fast_paths:
-                _fastpath.flush_updates(sync_session)  # leaves the flush nothing, or everything
-            sync_session.flush()
+                _fastpath.flush(sync_session)  # column-only UPDATEs without the flush's machinery
+            else:
+                sync_session.flush()
             if not _driver_closed(sync_session):
                 # A connection the server already closed cannot have sent COMMIT: that failure
                 # stays a plain (retryable) lost connection.

@@ -122,6 +122,19 @@ async def test_a_column_change_commits_without_a_flush(
     assert loaded.updated_at > user.updated_at  # onupdate applied, as the flush does
 
 
+async def test_repository_update_sends_its_column_change_without_a_flush(
+    db: Database[UserUnitOfWork], taken: dict[str, int]
+) -> None:
+    user = await _user(db)
+    async with db.unit_of_work() as uow:
+        updated = await uow.users.update(user, age=44)  # a detached object: attached, then sent
+        assert taken["update"] == 1
+        assert (updated.age, updated.version) == (44, 2)
+        await uow.commit()
+    async with db.unit_of_work(read_only=True) as uow:
+        assert (await uow.users.get_one(user.id)).version == 2
+
+
 async def test_pending_related_objects_take_the_flush(
     db: Database[UserUnitOfWork], taken: dict[str, int]
 ) -> None:

@@ -248,6 +248,7 @@ async def conflict_in_savepoint(world: World, rng: random.Random) -> Outcome:
     if not taken:
         return {}
     first, dup = User(name="c1", age=1), User(name="c2", age=2, email=rng.choice(taken))
+    third = User(name="c3", age=3)
     out: Outcome = {}
     async with world.db.unit_of_work() as uow:
         await uow.users.add(first)
@@ -260,14 +261,18 @@ async def conflict_in_savepoint(world: World, rng: random.Random) -> Outcome:
                 await uow.users.count()
             except Exception as error:  # PendingRollbackError: SQLAlchemy's own, passed through
                 out["after"] = _error(error)
+            try:
+                await uow.users.add(third)
+            except Exception as error:
+                out["add after"] = _error(error)
         try:
             await uow.commit()
         except Exception as error:  # PendingRollbackError, as for the count above
             out["commit"] = _error(error)
         out["state"] = uow.state.value
-    out["users"] = [describe(first), describe(dup)]
+    out["users"] = [describe(first), describe(dup), describe(third)]
     if out["state"] == "committed":
-        world.ids.append(first.id)
+        world.ids += [u.id for u in (first, third) if inspect(u).key is not None]
     return out
 
 

@@ -109,7 +109,8 @@ def parser() -> argparse.ArgumentParser:
         ),
         epilog=f"Stacks: {', '.join(STACKS)}. Workloads: {', '.join(WORKLOADS)}. "
         "See benchmarks/README.md for the method. `python -m benchmarks growth --help`: what "
-        "bulk writes, pages and full walks cost as the table grows.",
+        "bulk writes, pages and full walks cost as the table grows. `python -m benchmarks "
+        "instructions --help`: client work per op counted by callgrind.",
     )
     add = p.add_argument
     add(
@@ -249,6 +250,8 @@ async def run(config: Config, pg_url: str | None, output: Path, console: Console
     )
     # A --quick smoke run must not replace the full run's committed latest.* files.
     latest_name = "quick-latest" if config.quick else "latest"
+    if config.loop != "asyncio":
+        latest_name += f"-{config.loop}"  # a uvloop run keeps the asyncio run's files
     json_path, _ = write(doc, output, stamp, latest_name)
     machine = doc["machine"]
     subtitle = (
@@ -268,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.growth import main as growth
 
         return growth(argv[1:])
+    if argv[:1] == ["instructions"]:  # load-independent client work: benchmarks/instructions.py
+        from benchmarks.instructions import main as instructions
+
+        return instructions(argv[1:])
     args = parser().parse_args(argv)
     config, pg_url = config_from(args)
     console = Console()

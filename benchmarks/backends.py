@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import tempfile
 from collections.abc import AsyncIterator
@@ -106,6 +107,17 @@ async def check_postgres(url: str) -> None:
     """Fail early, on one line, when ``url`` is not a reachable PostgreSQL server."""
     connection = await _maintenance(_check_postgres_url(url))
     await connection.close()
+
+
+async def answers(url: str, connect_timeout: float) -> bool:
+    """Whether a PostgreSQL server answers at ``url`` within ``connect_timeout`` seconds."""
+    settings = dataclasses.replace(_check_postgres_url(url), connect_timeout=connect_timeout)
+    try:
+        connection = await _maintenance(settings)
+    except BenchError:
+        return False
+    await connection.close()
+    return True
 
 
 @asynccontextmanager

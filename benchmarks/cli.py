@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import time
@@ -34,9 +35,12 @@ from benchmarks.backends import (
 from benchmarks.plot import plot
 from benchmarks.results import document, write
 from benchmarks.runner import CellKey, Config, PassResult, run_backend, total_steps
-from benchmarks.stacks import STACKS
+from benchmarks.stacks import OPTIONAL_STACKS, STACKS
 from benchmarks.summary import Results, ratio_rows, summarize
 from benchmarks.tables import markdown_report, print_report
+from benchmarks.topology import add_arguments as add_topology_arguments
+from benchmarks.topology import run_topology
+from benchmarks.which_postgres import DEFAULT_PG_URL, postgres_for_run
 from benchmarks.workloads import SINGLE_TASK, WORKLOADS
 
 ENV_PG_URL = "ASYNCDAL_BENCH_PG_URL"
@@ -103,8 +107,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description=(
             "Measure asyncdal's unit of work against the layers beneath it (bare AsyncSession, "
-            "Core, the raw driver) and against no pooling, on a fresh seeded SQLite file and "
-            "optionally a scratch PostgreSQL database, in one run. Prints tables, writes JSON "
+            "Core, the raw driver) and against no pooling, on a fresh seeded SQLite file and a "
+            "scratch PostgreSQL database side by side, in one run. Prints tables, writes JSON "
             "and a PNG plot to benchmarks/results/."
         ),
         epilog=f"Stacks: {', '.join(STACKS)}. Workloads: {', '.join(WORKLOADS)}. "
@@ -116,17 +120,19 @@ def parser() -> argparse.ArgumentParser:
     add(
         "--postgres",
         metavar="URL",
-        default=os.environ.get(ENV_PG_URL),
-        help="also run on PostgreSQL: a scratch database is created next to URL's and dropped "
-        f"afterwards (default: ${ENV_PG_URL}, if set)",
+        help="the PostgreSQL to measure beside SQLite: a scratch database is created next to "
+        "URL's and dropped afterwards; 'embedded' starts a throwaway server (default: "
+        f"${ENV_PG_URL}, else the server answering at {DEFAULT_PG_URL}, else an embedded one)",
     )
+    add("--sqlite-only", action="store_true", help="measure SQLite alone, no PostgreSQL")
     add("--quick", action="store_true", help="a short smoke run (CI): fewer ops, 2 passes")
     add("--backends", type=_names(BACKENDS), metavar="LIST",
-        help="sqlite,postgresql (default: sqlite, + postgresql with --postgres)")  # fmt: skip
+        help="sqlite,postgresql (default: both; sqlite alone is --sqlite-only)")  # fmt: skip
     add("--workloads", type=_names(tuple(WORKLOADS)), default=tuple(WORKLOADS), metavar="LIST",
         help=f"default: {','.join(WORKLOADS)}")  # fmt: skip
-    add("--stacks", type=_names(STACKS), default=STACKS, metavar="LIST",
-        help=f"default: {','.join(STACKS)} (most abstraction to least)")  # fmt: skip
+    add("--stacks", type=_names(STACKS + OPTIONAL_STACKS), default=STACKS, metavar="LIST",
+        help=f"default: {','.join(STACKS)} (most abstraction to least); "
+        f"also {','.join(OPTIONAL_STACKS)}")  # fmt: skip
     add("--concurrency", type=_positive_ints(), default=(1, 16, 64), metavar="LIST",
         help="concurrent asyncio tasks per cell (default: 1,16,64)")  # fmt: skip
     add("--pool-size", type=_positive_ints(), default=(10,), metavar="LIST",
@@ -152,15 +158,18 @@ def parser() -> argparse.ArgumentParser:
         help="the event loop of every stack (uvloop: pip install 'asyncdal[uvloop]')")  # fmt: skip
     add("--output", type=Path, default=RESULTS_DIR, metavar="DIR",
         help="where the JSON, PNG and Markdown go (default: benchmarks/results)")  # fmt: skip
+    add_topology_arguments(p)
     return p
 
 
-def config_from(args: argparse.Namespace) -> tuple[Config, str | None]:
-    """Resolve defaults and cross-option checks."""
+def config_from(args: argparse.Namespace) -> tuple[Config, str | None, str]:
+    """Resolve defaults and cross-option checks; also the PostgreSQL asked for, and by what."""
     p = parser()
-    backends = args.backends or (("sqlite", "postgresql") if args.postgres else ("sqlite",))
-    if "postgresql" in backends and not args.postgres:
-        p.error(f"--backends postgresql needs --postgres URL (or ${ENV_PG_URL})")
+    if args.sqlite_only and (args.postgres or (args.backends and "postgresql" in args.backends)):
+        p.error("--sqlite-only contradicts --postgres and --backends postgresql")
+    backends = ("sqlite",) if args.sqlite_only else (args.backends or BACKENDS)
+    requested = args.postgres or os.environ.get(ENV_PG_URL) or None
+    requested_by = "--postgres" if args.postgres else f"${ENV_PG_URL}"
     values = {
         name: getattr(args, name) if getattr(args, name) is not None else pair[args.quick]
         for name, pair in DEFAULTS.items()
@@ -179,7 +188,7 @@ def config_from(args: argparse.Namespace) -> tuple[Config, str | None]:
         loop=args.loop,
         **values,
     )
-    return config, args.postgres if "postgresql" in backends else None
+    return config, requested if "postgresql" in backends else None, requested_by
 
 
 def masked_command(argv: Sequence[str]) -> str:
@@ -193,7 +202,36 @@ def masked_command(argv: Sequence[str]) -> str:
     return " ".join(["python -m benchmarks", *shown])
 
 
-async def run(config: Config, pg_url: str | None, output: Path, console: Console, cmd: str) -> None:
+async def run_with_postgres(
+    config: Config,
+    requested: tuple[str | None, str],
+    output: Path,
+    console: Console,
+    cmd: str,
+) -> None:
+    """Find the PostgreSQL to measure (``requested``: URL and what asked for it), say which on
+    one line, then :func:`run`; an embedded server is stopped at the end."""
+    url, requested_by = requested
+    wanted = "postgresql" in config.backends
+    async with postgres_for_run(url, requested_by=requested_by, wanted=wanted) as pick:
+        console.print(pick.line)
+        if pick.url is None and wanted:
+            config = dataclasses.replace(
+                config, backends=tuple(b for b in config.backends if b != "postgresql")
+            )
+            if not config.backends:
+                raise BenchError(pick.line)
+        await run(config, pick.url, output, console, cmd, postgres_line=pick.line)
+
+
+async def run(
+    config: Config,
+    pg_url: str | None,
+    output: Path,
+    console: Console,
+    cmd: str,
+    postgres_line: str = "",
+) -> None:
     if pg_url is not None:
         await check_postgres(pg_url)  # fail now, not after the SQLite half of the run
     started = datetime.now(UTC)
@@ -236,6 +274,8 @@ async def run(config: Config, pg_url: str | None, output: Path, console: Console
     levels = {w: (1,) if w in SINGLE_TASK else config.concurrency for w in config.workloads}
     names = [b.name for b in done]
     ratios = ratio_rows(results, names, config.workloads, levels, config.pool_sizes, config.stacks)
+    if postgres_line:
+        console.print(postgres_line)  # the run's progress scrolled the first one away
     print_report(console, results, names, config, checks)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     doc = document(
@@ -248,6 +288,8 @@ async def run(config: Config, pg_url: str | None, output: Path, console: Console
         started=started.isoformat(timespec="seconds"),
         wall_seconds=wall,
     )
+    if postgres_line:
+        doc["postgresql_source"] = postgres_line
     # A --quick smoke run must not replace the full run's committed latest.* files.
     latest_name = "quick-latest" if config.quick else "latest"
     if config.loop != "asyncio":
@@ -276,14 +318,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return instructions(argv[1:])
     args = parser().parse_args(argv)
-    config, pg_url = config_from(args)
+    config, requested, requested_by = config_from(args)
+    if (args.replicas or args.pgbouncer) and not args.postgres:
+        parser().error("--replicas and --pgbouncer need --postgres URL (their primary)")
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)  # piped or in CI: wide enough that tables do not wrap
     try:
-        factory = loops.loop_factory(config.loop)
+        command = masked_command(argv)
+        factory = loops.loop_factory(config.loop)  # every stack, and the scale-out run, on it
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(run(config, pg_url, args.output, console, masked_command(argv)))
+            runner.run(
+                run_with_postgres(config, (requested, requested_by), args.output, console, command)
+            )
+        if args.replicas or args.pgbouncer:
+            with console.status("scale-out comparison") as status:
+                topology = run_topology(
+                    config, args.postgres, args.replicas or (), args.pgbouncer, args.output,
+                    console, command, on_cell=status.update,
+                )  # fmt: skip
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    runner.run(topology)
     except (BenchError, loops.LoopUnavailableError) as error:
         print(f"python -m benchmarks: error: {error}", file=sys.stderr)
         return 1

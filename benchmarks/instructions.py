@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks import loops
 from benchmarks.backends import BenchError, postgres_backend, sqlite_backend
-from benchmarks.stacks import STACKS, Stack, open_stack
+from benchmarks.stacks import OPTIONAL_STACKS, STACKS, Stack, open_stack
 from benchmarks.workloads import SINGLE_TASK, WORKLOADS, Context
 
 ENV_PG_URL = "ASYNCDAL_BENCH_PG_URL"
@@ -147,7 +147,7 @@ async def _run(args: argparse.Namespace, backends: list[str]) -> None:
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``python -m benchmarks instructions``; returns the exit status."""
     args = parser().parse_args(list(argv))
-    unknown = set(args.stacks.split(",")) - set(STACKS)
+    unknown = set(args.stacks.split(",")) - set(STACKS + OPTIONAL_STACKS)
     if unknown:
         parser().error(f"--stacks: unknown {', '.join(sorted(unknown))}")
     backends = (args.backends or ("sqlite,postgresql" if args.postgres else "sqlite")).split(",")

@@ -8,6 +8,10 @@
 - ``driver``: asyncpg's own pool, or one aiosqlite connection behind an ``asyncio.Lock``
   (see ``benchmarks.drivers``).
 - ``uow-nopool``: the ``uow`` code over a ``Database`` built with ``NullPool``.
+- ``uow-nometrics`` (on request, ``--stacks``): the ``uow`` code with ``metrics=False``;
+  ``uow-unobserved``: with no observer at all (no metrics, no in-flight tracking: what a unit of
+  work cost before ``db.metrics()`` and ``dispose(timeout=)``). Their ratios to ``uow`` are the
+  cost of those on the hot path.
 
 Every SQLAlchemy stack uses ``asyncdal.engine.create_engine``, so the pragmas, the explicit BEGIN
 recipe and the asyncpg options are the same. On SQLite the ``session`` and ``core`` stacks begin
@@ -35,6 +39,8 @@ Change = Callable[[int], int]
 
 #: Ordered from most abstraction to least, then the no-pool variant.
 STACKS: Final = ("uow", "uow-flush", "session", "core", "driver", "uow-nopool")
+#: Measured only when asked for with --stacks: what the observer costs a unit of work.
+OPTIONAL_STACKS: Final = ("uow-nometrics", "uow-unobserved")
 
 
 class StaleRowError(Exception):
@@ -87,6 +93,12 @@ async def open_stack(stack: str, url: str, pool_size: int) -> Stack:
     if stack == "uow-flush":
         slow = settings.replace(fast_paths=False)
         return UowStack(Database(slow, unit_of_work=UserUnitOfWork))
+    if stack == "uow-nometrics":
+        return UowStack(Database(settings.replace(metrics=False), unit_of_work=UserUnitOfWork))
+    if stack == "uow-unobserved":
+        db = Database(settings, unit_of_work=UserUnitOfWork)
+        db._observer = None  # type: ignore[assignment]  # the baseline: units of work unobserved
+        return UowStack(db)
     if stack == "uow-nopool":
         return UowStack(Database(settings, unit_of_work=UserUnitOfWork, poolclass=NullPool))
     if stack == "session":
@@ -97,7 +109,8 @@ async def open_stack(stack: str, url: str, pool_size: int) -> Stack:
         from benchmarks.drivers import open_driver
 
         return await open_driver(settings, pool_size)
-    raise ValueError(f"unknown stack {stack!r}: expected one of {', '.join(STACKS)}")
+    known = ", ".join(STACKS + OPTIONAL_STACKS)
+    raise ValueError(f"unknown stack {stack!r}: expected one of {known}")
 
 
 def users_table() -> Table:

@@ -22,6 +22,9 @@ STACK_RATIOS: Final = (
     ("uow", "driver"),
     ("uow", "uow-nopool"),
     ("uow", "uow-flush"),  # the flush-free paths' effect
+    # The hot-path cost of db.metrics() and of watching units of work (asked for with --stacks).
+    ("uow", "uow-nometrics"),
+    ("uow", "uow-unobserved"),
 )
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from benchmarks import loops
 from benchmarks.runner import Config
-from benchmarks.summary import STACK_RATIOS, Results, Summary
+from benchmarks.summary import STACK_RATIOS, Ratio, Results, Summary
 
 _LABEL = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
@@ -89,6 +89,50 @@ def ratio_grid(
     return header, rows
 
 
+def comparison_grid(
+    results: Results, pool: int, config: Config
+) -> tuple[list[str], list[list[str]]]:
+    """The first table: every workload and stack, SQLite and PostgreSQL ops/s side by side at
+    each concurrency, and SQLite/PostgreSQL (``≈`` marks a ratio within noise)."""
+    levels = sorted(
+        {c for w in config.workloads for c in ((1,) if w == "bulk" else config.concurrency)}
+    )
+    header = ["workload", "stack"]
+    for c in levels:  # two-line headers keep the table within 140 columns
+        header += [f"c={c}\nSQLite", f"c={c}\nPG", f"c={c}\nSQLite/PG"]
+    rows: list[list[str]] = []
+    for workload in config.workloads:
+        scale = config.bulk_size if workload == "bulk" else 1
+        for stack in config.stacks:
+            cells: list[str] = []
+            for c in levels:
+                a = results.get("sqlite", workload, stack, c, pool)
+                b = results.get("postgresql", workload, stack, c, pool)
+                cells += [_median(a, scale), _median(b, scale), _ratio(a, b)]
+            if any(cells):
+                rows.append([workload, stack, *cells])
+    return header, rows
+
+
+def _median(summary: Summary | None, scale: int) -> str:
+    return "" if summary is None else _num(summary.throughput.median * scale)
+
+
+def _ratio(a: Summary | None, b: Summary | None) -> str:
+    if a is None or b is None:
+        return ""
+    r = Ratio.of(a.throughput, b.throughput)
+    if math.isnan(r.value):
+        return "n/a"
+    return ("≈" if r.within_noise else "") + f"{r.value:.2f}"
+
+
+COMPARISON_NOTE = (
+    "ops/s (bulk: rows/s), medians of the passes; SQLite/PG above 1: SQLite is faster; "
+    "≈: within noise (the passes' range spans 1.0)"
+)
+
+
 def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
     for index, name in enumerate(header):
@@ -101,7 +145,7 @@ def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub Markdown table."""
     align = ["---" if i == 0 else "---:" for i in range(len(header))]
-    lines = [header, align, *rows]
+    lines = [[cell.replace("\n", " ") for cell in header], align, *rows]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
@@ -122,13 +166,21 @@ def print_report(
     """Every table of the run, to the terminal."""
     passes = f"median of {config.repeat} passes" if config.repeat > 1 else "1 pass, no spread"
     loop = f"{loops.describe(config.loop)} loop"
+    if "sqlite" in backends and "postgresql" in backends:
+        for pool in config.pool_sizes:
+            table = _rich(
+                f"SQLite vs PostgreSQL · pool {pool}", *comparison_grid(results, pool, config)
+            )
+            table.caption = COMPARISON_NOTE
+            console.print(table)
     for backend in backends:
         for pool in config.pool_sizes:
-            label = f"{_LABEL[backend]} · pool {pool} · {loop}"
+            label = f"{_LABEL[backend]} · pool {pool}"
             header, rows = grid(results, backend, pool, config, throughput_cell(config))
-            console.print(_rich(f"{label} · ops/s, {passes} (± half the range)", header, rows))
+            title = f"{label} · ops/s, {passes} (± half the range) · {loop}"
+            console.print(_rich(title, header, rows))
             header, rows = grid(results, backend, pool, config, lambda _w, s: latency_text(s))
-            title = f"{label} · latency p50/p99 ms · client CPU µs per op (medians)"
+            title = f"{label} · latency p50/p99 ms · client CPU µs per op (medians) · {loop}"
             console.print(_rich(title, header, rows))
     for pool in config.pool_sizes:
         header, rows = ratio_grid(results, backends, pool, config)
@@ -198,10 +250,16 @@ def error_rows(results: Results) -> tuple[list[str], list[list[str]]] | None:
 def markdown_report(
     results: Results, backends: Sequence[str], config: Config, checks: list[dict[str, Any]]
 ) -> str:
-    """The README's tables: ratios, then ops/s per backend, then the lost-update check."""
+    """The README's tables: SQLite vs PostgreSQL, the ratios, then ops/s per backend, then the
+    lost-update check."""
     loop = f"{loops.describe(config.loop)} loop"
     parts: list[str] = []
     for pool in config.pool_sizes:
+        if "sqlite" in backends and "postgresql" in backends:
+            parts += [
+                f"SQLite vs PostgreSQL, pool {pool}, {COMPARISON_NOTE}:",
+                markdown(*comparison_grid(results, pool, config)),
+            ]
         parts += [
             f"Ratios of throughput, pool {pool}, {loop}:",
             markdown(*ratio_grid(results, backends, pool, config)),

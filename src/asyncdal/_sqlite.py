@@ -15,6 +15,7 @@ engine then keeps SQLAlchemy's stock adapter.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -123,13 +124,27 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """Skips the COMMIT/ROLLBACK hop when the worker thread reported no open transaction."""
 
-    __slots__ = ("_in_transaction",)
+    __slots__ = ("_closing", "_in_transaction")
     # The base declares exactly its own cursor class; ours is a subclass of it.
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self._in_transaction = True  # unknown: assume open until a statement reports back
+        self._closing = False
+
+    async def _terminate_graceful_close(self) -> None:
+        self._closing = True
+        await super()._terminate_graceful_close()
+
+    def _terminate_force_close(self) -> None:
+        # SQLAlchemy's terminate() runs the close above shielded, and force-closes when its
+        # caller is cancelled meanwhile. aiosqlite's forced stop() cannot overtake the close
+        # (both queue for the worker thread) but ends the thread before the close's own stop(),
+        # which then waits forever: "Task was destroyed but it is pending!". A close under way
+        # closes the sqlite3 connection and stops the thread by itself, cancelled or not.
+        if not self._closing:
+            super()._terminate_force_close()
 
     def rollback(self) -> None:
         if self._in_transaction:
@@ -142,6 +157,30 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             self._in_transaction = False
 
 
+async def _open(connection: aiosqlite.Connection) -> aiosqlite.Connection:
+    """Open ``connection``; if the caller is cancelled meanwhile, still close what it opens.
+
+    aiosqlite's own open (``await connection``) hands the connect to the worker thread and,
+    when the awaiting task is cancelled, stops the thread without ever learning of the sqlite3
+    connection the thread goes on to open: that connection is dropped unclosed (aiosqlite
+    issue 259; Python 3.13 reports it as "ResourceWarning: unclosed database"). So the open
+    runs in a task of its own that no cancellation reaches, and when it completes after its
+    caller gave up, the connection is closed and its thread stopped.
+    """
+    opening = asyncio.ensure_future(connection)
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_abandoned)
+        raise
+
+
+def _close_abandoned(opening: asyncio.Future[aiosqlite.Connection]) -> None:
+    if opening.cancelled() or opening.exception() is not None:
+        return  # nothing was opened (aiosqlite stops its thread itself then)
+    opening.result().stop()  # closes the sqlite3 connection in its thread, then ends the thread
+
+
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
     """The aiosqlite DBAPI shim, handing out :class:`OneHopConnection`."""
 
@@ -151,7 +190,7 @@ class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
         # The worker thread must not keep the process alive (SQLAlchemy does the same).
         thread = connection if isinstance(connection, Thread) else connection._thread
         thread.daemon = True
-        return OneHopConnection(self, await_(connection))
+        return OneHopConnection(self, await_(_open(connection)))
 
 
 def one_hop_dbapi() -> OneHopDBAPI | None:

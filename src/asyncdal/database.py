@@ -3,56 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar, cast, get_args, overload
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool, QueuePool
 
+from ._nodes import Node, nodes, sessions
+from ._observer import Observer, ping, pool_metrics
+from ._pgconnection import PRIMARY_TOKEN
 from ._writelock import WriteLock
 from .engine import SQLITE_BEGIN, create_engine
 from .errors import (
     CommitOutcomeUnknownError,
     ConfigurationError,
     RetryableError,
-    UnitOfWorkStateError,
+    UnavailableError,
     raise_translated,
 )
+from .metrics import DatabaseMetrics
+from .routing import Router, parse_position, pin, pinned
 from .settings import DatabaseSettings
 from .uow import State, UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
 T = TypeVar("T")
 
+_PRIMARY_POSITION = parse_position(PRIMARY_TOKEN)
+
 IsolationLevel = Literal["SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"]
 _ISOLATION_LEVELS: frozenset[str] = frozenset(get_args(IsolationLevel))
 
 logger = logging.getLogger("asyncdal")
-
-
-class _ReadOnlySession(Session):
-    """A session that refuses to flush changes: what read-only units of work use."""
-
-    def flush(self, objects: Any = None) -> None:
-        if self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty):
-            raise UnitOfWorkStateError(
-                "cannot flush: the unit of work is read-only "
-                "(open one with read_only=False to write)"
-            )
-
-
-def _sessions(engine: AsyncEngine, *, read_only: bool) -> async_sessionmaker[AsyncSession]:
-    """The session factory every unit of work draws from: objects stay readable after commit."""
-    return async_sessionmaker(
-        engine,
-        expire_on_commit=False,
-        sync_session_class=_ReadOnlySession if read_only else Session,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +50,18 @@ class PoolStatus:
     checked_out: int
     checked_in: int
     overflow: int
+
+
+def _pool_status(pool: Pool) -> PoolStatus:
+    if isinstance(pool, QueuePool):
+        return PoolStatus(
+            size=pool.size(),
+            checked_out=pool.checkedout(),
+            checked_in=pool.checkedin(),
+            overflow=max(0, pool.overflow()),
+        )
+    # StaticPool (in-memory SQLite) and NullPool keep no count of checkouts.
+    return PoolStatus(size=1, checked_out=0, checked_in=0, overflow=0)
 
 
 class Database(Generic[U]):
@@ -122,40 +121,61 @@ class Database(Generic[U]):
         self._settings = settings
         self._uow_class: type[U] = cast("type[U]", uow_class)
         self._engine = create_engine(settings, poolclass=poolclass)
-        sqlite = settings.backend == "sqlite"
-        # Writers: BEGIN IMMEDIATE on SQLite. Readers: no BEGIN/COMMIT round trips at all; each
-        # statement reads the latest committed data (autocommit), and the session refuses to flush.
-        write_engine = (
-            self._engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-            if sqlite
-            else self._engine
+        self._router: Router | None = None
+        self._nodes: list[Node] = []
+        self._isolated: dict[tuple[bool, str], async_sessionmaker[AsyncSession]] = {}
+        self._writers = sessions(self._engine, read_only=False)
+        self._write_lock: WriteLock | None = None
+        self._share_lock_with_readers = False
+        self._observer = Observer(settings)
+        if settings.backend == "sqlite":
+            self._sqlite_sessions(settings)
+        else:
+            self._nodes = nodes(settings, self._engine, poolclass)
+            self._readers = self._nodes[0].readers
+            if len(self._nodes) > 1:
+                self._router = Router(settings, self._nodes[0], self._nodes[1:])
+        if settings.slow_unit_of_work_ms is not None:
+            self._observer.count_statements(self.engines.values())
+        if settings.otel:
+            from .otel import instrument  # only now: without the setting nothing imports it
+
+            instrument(self)
+
+    def _sqlite_sessions(self, settings: DatabaseSettings) -> None:
+        # Writers: BEGIN IMMEDIATE. Readers: no BEGIN/COMMIT at all; each statement reads the
+        # latest committed data, and the session refuses to flush.
+        self._writers = sessions(
+            self._engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"}), read_only=False
         )
-        read_engine = (
-            self._engine.execution_options(**{SQLITE_BEGIN: None})
-            if sqlite
-            else self._engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
-        if sqlite and settings.is_memory:
+        read_engine = self._engine.execution_options(**{SQLITE_BEGIN: None})
+        if settings.is_memory:
             # One shared connection: a reader without BEGIN would still see a writer's open
             # transaction on it, so in-memory databases read inside transactions too.
             read_engine = self._engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
-        self._writers = _sessions(write_engine, read_only=False)
-        self._readers = _sessions(read_engine, read_only=True)
+        self._readers = sessions(read_engine, read_only=True)
         # SQLite has one writer at a time: queue ours in-process, first come first served. An
         # in-memory database has one connection, so its readers must queue behind writers too.
-        self._write_lock = WriteLock(settings.sqlite_busy_timeout) if sqlite else None
-        self._share_lock_with_readers = sqlite and settings.is_memory
-        self._isolated: dict[tuple[bool, str], async_sessionmaker[AsyncSession]] = {}
+        self._write_lock = WriteLock(settings.sqlite_busy_timeout)
+        self._share_lock_with_readers = settings.is_memory
 
     @classmethod
     @overload
     def from_env(
-        cls, *, unit_of_work: None = None, environ: Mapping[str, str] | None = None
+        cls,
+        *,
+        unit_of_work: None = None,
+        environ: Mapping[str, str] | None = None,
+        default_url: str | None = None,
     ) -> Database[UnitOfWork]: ...
     @classmethod
     @overload
     def from_env(
-        cls, *, unit_of_work: type[U], environ: Mapping[str, str] | None = None
+        cls,
+        *,
+        unit_of_work: type[U],
+        environ: Mapping[str, str] | None = None,
+        default_url: str | None = None,
     ) -> Database[U]: ...
     @classmethod
     def from_env(
@@ -163,9 +183,12 @@ class Database(Generic[U]):
         *,
         unit_of_work: type[Any] | None = None,
         environ: Mapping[str, str] | None = None,
+        default_url: str | None = None,
     ) -> Database[Any]:
-        """Build from ``DATABASE_URL`` and ``ASYNCDAL_*`` variables (see ``DatabaseSettings``)."""
-        return Database(DatabaseSettings.from_env(environ), unit_of_work=unit_of_work)
+        """Build from ``DATABASE_URL`` (else ``default_url``) and ``ASYNCDAL_*`` variables (see
+        ``DatabaseSettings``)."""
+        settings = DatabaseSettings.from_env(environ, default_url=default_url)
+        return Database(settings, unit_of_work=unit_of_work)
 
     @property
     def settings(self) -> DatabaseSettings:
@@ -193,12 +216,19 @@ class Database(Generic[U]):
         read_only: bool = False,
         timeout: float | None = None,
         isolation_level: IsolationLevel | None = None,
+        on: Literal["primary"] | None = None,
+        after: str | None = None,
     ) -> U:
         """A new unit of work; enter it with ``async with``.
 
-        ``read_only=True`` refuses to flush, never takes SQLite's write lock, and skips the
-        BEGIN/COMMIT round trips: each statement sees the latest committed data. Use a
-        read-write unit of work when several reads must see one snapshot.
+        ``read_only=True`` refuses to flush (and on PostgreSQL the server refuses a write in it
+        too), never takes SQLite's write lock, and skips the BEGIN/COMMIT round trips: each
+        statement sees the latest committed data. Use a read-write unit of work when several
+        reads must see one snapshot. With replicas configured it runs on a replica (see
+        ``asyncdal.routing``), unless ``on="primary"`` or inside ``pin_primary()``.
+
+        ``after`` is a ``commit_token`` from an earlier unit of work: the read then runs on a
+        replica that has replayed that commit, or on the primary (a no-op without replicas).
 
         ``timeout`` bounds the whole unit of work: when it expires the work is cancelled, rolled
         back, and ``QueryTimeoutError`` is raised.
@@ -211,16 +241,58 @@ class Database(Generic[U]):
         level is accepted and changes nothing.
 
         Raises:
-            ConfigurationError: ``isolation_level`` is not one of the three levels.
+            ConfigurationError: ``isolation_level`` is not one of the three levels, or ``on``
+                is not ``"primary"``.
+            InvalidQueryError: ``after`` is not a commit token.
+
+        Example:
+            >>> async with db.unit_of_work() as uow:  # doctest: +SKIP
+            ...     await uow.users.add(User(name="Ann", age=30))
+            ...     await uow.commit()
+            >>> async with db.unit_of_work(read_only=True, after=uow.commit_token) as uow:
+            ...     await uow.users.get_one(ann_id)  # doctest: +SKIP
         """
+        if on not in (None, "primary"):
+            raise ConfigurationError(f"on must be 'primary' or None, got {on!r}")
+        position = None if after is None else parse_position(after)
+        factory = self._factory(read_only, isolation_level)
+        router = self._router
+        if read_only and router is not None and on is None and not pinned(self):
+            if position == 0:  # the token of a commit that needs no replica to catch up
+                position = None
+            if position != _PRIMARY_POSITION:
+                return self._uow_class(
+                    factory,
+                    read_only=True,
+                    timeout=timeout,
+                    opener=router.opener(position, isolation_level),
+                    observer=self._observer,
+                )
         takes_lock = not read_only or self._share_lock_with_readers
         return self._uow_class(
-            self._factory(read_only, isolation_level),
+            factory,
             read_only=read_only,
             write_lock=self._write_lock if takes_lock else None,
             timeout=timeout,
+            observer=self._observer,
             fast_paths=self._settings.fast_paths,
         )
+
+    @contextlib.contextmanager
+    def pin_primary(self) -> Iterator[None]:
+        """Run every unit of work opened inside the block on the primary, read-only ones too.
+
+        A context variable: it holds for the current task (and tasks it starts inside the
+        block), so one request can pin itself, e.g. right after a write, without affecting
+        others. Without replicas it changes nothing.
+
+        Example:
+            >>> with db.pin_primary():  # doctest: +SKIP
+            ...     async with db.unit_of_work(read_only=True) as uow:
+            ...         await uow.users.get_one(user_id)  # on the primary
+        """
+        with pin(self):
+            yield
 
     async def run_in_transaction(
         self,
@@ -232,13 +304,15 @@ class Database(Generic[U]):
         isolation_level: IsolationLevel | None = None,
         base_delay: float = 0.01,
         max_delay: float = 1.0,
+        timeout: float | None = None,  # noqa: ASYNC109 - handed to each attempt's unit of work
     ) -> T:
         """Run ``fn(uow)`` in a fresh unit of work and commit; retry the whole on RetryableError.
 
         Each attempt gets a new unit of work; between attempts it sleeps a full-jitter backoff
         (uniform in ``[0, min(max_delay, base_delay * 2**attempt)]``). Never retried: any other
         error, a cancellation, and a connection lost during COMMIT unless ``idempotent=True``
-        (the first attempt may have committed). ``isolation_level`` is passed to each attempt's
+        (the first attempt may have committed). ``isolation_level`` and ``timeout`` (which
+        bounds each attempt, then raises ``QueryTimeoutError``) are passed to each attempt's
         unit of work (see ``unit_of_work()``).
 
         Raises:
@@ -250,10 +324,12 @@ class Database(Generic[U]):
         attempt = 0
         while True:
             attempt += 1
+            uow = self.unit_of_work(
+                read_only=read_only, isolation_level=isolation_level, timeout=timeout
+            )
+            uow._attempt = (fn, attempt)  # names the span and the slow-log line
             try:
-                async with self.unit_of_work(
-                    read_only=read_only, isolation_level=isolation_level
-                ) as uow:
+                async with uow:
                     try:
                         result = await fn(uow)
                     except Exception as error:
@@ -266,11 +342,11 @@ class Database(Generic[U]):
             except RetryableError as error:
                 if attempt >= attempts:
                     raise
-                self._log_retry(error, attempt, attempts)
+                self._retry(error, attempt, attempts)
             except CommitOutcomeUnknownError as error:
                 if not idempotent or attempt >= attempts:
                     raise
-                self._log_retry(error, attempt, attempts)
+                self._retry(error, attempt, attempts)
             await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
 
     def _factory(
@@ -287,15 +363,17 @@ class Database(Generic[U]):
             # Every SQLite transaction is serializable; setting a level through the driver
             # would re-enable its implicit BEGIN and break the explicit-BEGIN recipe.
             return self._readers if read_only else self._writers
+        if read_only:
+            return self._nodes[0].read_sessions(isolation_level)
         key = (read_only, isolation_level)
         found = self._isolated.get(key)
         if found is None:
             engine = self._engine.execution_options(isolation_level=isolation_level)
-            found = self._isolated[key] = _sessions(engine, read_only=read_only)
+            found = self._isolated[key] = sessions(engine, read_only=read_only)
         return found
 
-    @staticmethod
-    def _log_retry(error: Exception, attempt: int, attempts: int) -> None:
+    def _retry(self, error: Exception, attempt: int, attempts: int) -> None:
+        self._observer.retried(error)
         logger.info(
             "retrying transaction after %s (attempt %d of %d)",
             type(error).__name__,
@@ -304,21 +382,99 @@ class Database(Generic[U]):
         )
 
     def pool_status(self) -> PoolStatus:
-        """How many connections the pool holds, and how many are checked out right now."""
-        pool = self._engine.pool
-        if isinstance(pool, QueuePool):
-            return PoolStatus(
-                size=pool.size(),
-                checked_out=pool.checkedout(),
-                checked_in=pool.checkedin(),
-                overflow=max(0, pool.overflow()),
-            )
-        # StaticPool (in-memory SQLite) and NullPool keep no count of checkouts.
-        return PoolStatus(size=1, checked_out=0, checked_in=0, overflow=0)
+        """How many connections the primary's pool holds, and how many are checked out now."""
+        return _pool_status(self._engine.pool)
 
-    async def dispose(self) -> None:
-        """Close every pooled connection. The database stays usable: it reconnects on demand."""
-        await self._engine.dispose()
+    def pool_statuses(self) -> dict[str, PoolStatus]:
+        """``pool_status()`` for every node: ``"primary"``, then ``"replica1"``, ``"replica2"``...
+
+        Example:
+            >>> {name: s.checked_out for name, s in db.pool_statuses().items()}  # doctest: +SKIP
+            {'primary': 0, 'replica1': 1, 'replica2': 0}
+        """
+        if not self._nodes:
+            return {"primary": self.pool_status()}
+        return {node.name: _pool_status(node.engine.pool) for node in self._nodes}
+
+    @property
+    def engines(self) -> dict[str, AsyncEngine]:
+        """Every node's engine by name, the primary first (e.g. to instrument each one)."""
+        if not self._nodes:
+            return {"primary": self._engine}
+        return {node.name: node.engine for node in self._nodes}
+
+    async def ping(self) -> float:
+        """``SELECT 1`` on the primary through its pool; returns that round trip in seconds.
+
+        For readiness checks. Bounded by ``connect_timeout`` in all, connection included; a
+        pooled connection found dead is replaced once. Replicas are not pinged: the routing
+        health check watches them (a read falls back to the primary when none can take it).
+
+        Raises:
+            UnavailableError: no answer within ``connect_timeout`` (refused, unreachable, the
+                pool exhausted), or the database is shutting down.
+
+        Example:
+            >>> round_trip = await db.ping()  # doctest: +SKIP
+        """
+        if self._observer.closed:
+            raise UnavailableError("Database.ping() failed: the database is shutting down")
+        timeout = self._settings.connect_timeout
+        if self._nodes:
+            return await ping(self._nodes[0].read_engine, timeout, self.url)
+        engine = self._engine.execution_options(**{SQLITE_BEGIN: None})
+        if self._write_lock is None or not self._share_lock_with_readers:
+            return await ping(engine, timeout, self.url)
+        # In memory: one connection, shared; a SELECT between a writer's statements would
+        # roll the writer back when it returns to the pool.
+        await self._write_lock.acquire()
+        try:
+            return await ping(engine, timeout, self.url)
+        finally:
+            self._write_lock.release()
+
+    def metrics(self) -> DatabaseMetrics:
+        """A snapshot to export: each node's pool, connection wait time, units of work by
+        outcome and duration, slow units of work, retries by reason (see ``asyncdal.metrics``).
+
+        Example:
+            >>> db.metrics().units_of_work.committed  # doctest: +SKIP
+            1042
+        """
+        if not self._nodes:
+            pools = {"primary": pool_metrics(self._engine.pool)}
+        else:
+            pools = {node.name: pool_metrics(node.engine.pool) for node in self._nodes}
+        return self._observer.snapshot(pools)
+
+    async def dispose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline for others' work, not for this call
+        """Close every pooled connection, on every node, and stop the replica checks.
+
+        Without ``timeout`` the database stays usable: it reconnects on demand. With one, it
+        shuts down for good: new units of work (and ``ping()``) are refused at once with
+        ``UnavailableError``; those in flight may finish within ``timeout`` seconds; then the
+        rest are cancelled, rolled back (their callers get ``UnavailableError``, waited for
+        at most ``connect_timeout`` more) and every connection is closed. What committed
+        stays committed; what had not committed is rolled back, never half applied.
+
+        Example:
+            >>> await db.dispose(timeout=10)  # doctest: +SKIP
+        """
+        if timeout is not None:
+            if not timeout >= 0:
+                raise ConfigurationError(f"timeout must be >= 0 seconds, got {timeout!r}")
+            grace = self._settings.connect_timeout
+            in_flight, finished, cancelled = await self._observer.drain(timeout, grace)
+            logger.info(
+                "shutting down %s: %d units of work in flight, %d finished, %d cancelled",
+                self.url,
+                in_flight,
+                finished,
+                cancelled,
+            )
+        if self._router is not None:
+            await self._router.close()
+        await asyncio.gather(*(engine.dispose() for engine in self.engines.values()))
 
     async def __aenter__(self) -> Self:
         return self

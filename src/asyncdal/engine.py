@@ -6,23 +6,33 @@ work that writes starts with ``BEGIN IMMEDIATE`` and queues for the write lock u
 upgrading a read lock later and failing with "database is locked".
 https://docs.sqlalchemy.org/en/20/dialects/sqlite.html#serializable-isolation-savepoints-transactional-ddl
 
-PostgreSQL: asyncpg with an ``application_name``, server-side timeouts sent at connect, a cheap
-liveness check on checkout, and the prepared-statement settings PgBouncer's transaction mode needs.
+PostgreSQL: asyncpg with an ``application_name``, server-side timeouts sent at connect (``SET
+LOCAL`` at each BEGIN behind PgBouncer), a cheap liveness check on checkout, read-only by default
+outside transactions on a primary, and unnamed prepared statements behind PgBouncer.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any, Final
-from uuid import uuid4
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool, StaticPool
+from sqlalchemy.util.concurrency import await_
 
+from ._pgconnection import PGBOUNCER_CLOSE_GRACE, connection_class
 from ._sqlite import one_hop_dbapi
 from .settings import DatabaseSettings
+
+#: Execution option marking asyncdal's own read-only path on a PostgreSQL primary: autocommit
+#: there stays read-only. Any other ``isolation_level="AUTOCOMMIT"`` use (the engine as an
+#: escape hatch, Alembic's ``autocommit_block()``) gets a connection that may write.
+READER: Final = "asyncdal_reader"
+#: Where a pooled connection notes that it was made writable outside transactions.
+_WRITABLE: Final = "asyncdal_writable"
 
 #: Execution option naming how a SQLite transaction begins: "IMMEDIATE", "DEFERRED" or None
 #: (no BEGIN at all: every statement commits on its own, as read-only units of work use).
@@ -30,17 +40,30 @@ SQLITE_BEGIN: Final = "asyncdal_sqlite_begin"
 
 
 def create_engine(
-    settings: DatabaseSettings, *, poolclass: type[Pool] | None = None
+    settings: DatabaseSettings,
+    *,
+    poolclass: type[Pool] | None = None,
+    url: str | None = None,
+    replica: bool = False,
 ) -> AsyncEngine:
     """Build the engine for ``settings``; no connection is opened until first use.
 
     ``poolclass=NullPool`` opens a fresh connection per checkout (benchmarks, forked workers).
+    ``url`` replaces ``settings.url`` (another node of the same database), and ``replica=True``
+    builds it for a hot standby (PostgreSQL only).
+
+    On a PostgreSQL primary reached directly, connections default to read-only
+    (``default_transaction_read_only``) and every explicit transaction begins ``READ WRITE``:
+    asyncdal's read-only units of work run there in autocommit and the server refuses their writes.
+    Any other autocommit use (``isolation_level="AUTOCOMMIT"`` on the engine or a connection, e.g.
+    ``CREATE INDEX CONCURRENTLY`` in ``autocommit_block()``) gets a connection that may write: one
+    ``SET`` when it is checked out so, and the connection is replaced after it is returned.
     """
     kwargs: dict[str, Any] = {"echo": settings.echo, "hide_parameters": not settings.echo}
     if settings.backend == "sqlite":
         engine = _sqlite_engine(settings, poolclass, kwargs)
     else:
-        engine = _postgres_engine(settings, poolclass, kwargs)
+        engine = _postgres_engine(settings, poolclass, kwargs, url=url, replica=replica)
     return engine
 
 
@@ -108,36 +131,63 @@ def _sqlite_engine(
 
 
 def _postgres_engine(
-    settings: DatabaseSettings, poolclass: type[Pool] | None, kwargs: dict[str, Any]
+    settings: DatabaseSettings,
+    poolclass: type[Pool] | None,
+    kwargs: dict[str, Any],
+    *,
+    url: str | None = None,
+    replica: bool = False,
 ) -> AsyncEngine:
     server_settings = {"application_name": settings.application_name}
-    for name, value in (
-        ("statement_timeout", settings.statement_timeout),
-        ("lock_timeout", settings.lock_timeout),
-        ("idle_in_transaction_session_timeout", settings.idle_in_transaction_timeout),
-    ):
-        if value is not None:
-            server_settings[name] = str(max(1, round(value * 1000)))  # milliseconds
+    timeouts = {
+        "statement_timeout": settings.statement_timeout,
+        "lock_timeout": settings.lock_timeout,
+        "idle_in_transaction_session_timeout": settings.idle_in_transaction_timeout,
+    }
+    milliseconds = {
+        name: str(max(1, round(value * 1000)))
+        for name, value in timeouts.items()
+        if value is not None
+    }
+    # Directly on a primary, connections default to read-only: a read-only unit of work runs in
+    # autocommit (no BEGIN/COMMIT round trips) and the server still refuses a write in it;
+    # every explicit transaction begins READ WRITE (see _Connection). A hot standby refuses
+    # writes by itself. Behind PgBouncer no startup parameter gets through: read-only units
+    # of work begin READ ONLY there, and timeouts are SET LOCAL at each BEGIN instead.
+    read_only_default = not settings.pgbouncer and not replica
+    if not settings.pgbouncer:
+        server_settings.update(milliseconds)
+        if read_only_default:
+            server_settings["default_transaction_read_only"] = "on"
     connect_args: dict[str, Any] = {
         "server_settings": server_settings,
         "timeout": settings.connect_timeout,
+        "connection_class": connection_class(
+            read_write_begin=read_only_default,
+            set_local=_set_local(milliseconds) if settings.pgbouncer else "",
+            commit_position=bool(settings.replica_urls) and not replica,
+            close_grace=PGBOUNCER_CLOSE_GRACE if settings.pgbouncer else None,
+        ),
     }
     if settings.pgbouncer:
-        # PgBouncer in transaction mode hands each transaction to any server connection, where a
-        # named prepared statement may not exist: disable both statement caches and use unique
-        # names. https://docs.sqlalchemy.org/en/20/dialects/postgresql.html#prepared-statement-name-with-pgbouncer
+        # PgBouncer in transaction mode hands each transaction to any server connection, where
+        # a named prepared statement may not exist, and where the Close asyncpg sends for one
+        # later never arrives, so named statements pile up (the SQLAlchemy recipe's unique names
+        # reached 437 per server connection). The unnamed statement ("") lives on the server
+        # connection only until the next Parse, and every unit of work here runs in a
+        # transaction, which PgBouncer keeps on one server connection from BEGIN to COMMIT.
         connect_args["statement_cache_size"] = 0
         connect_args["prepared_statement_cache_size"] = 0
-        connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid4()}__"
+        connect_args["prepared_statement_name_func"] = _unnamed
     kwargs.update(_pool_kwargs(settings, poolclass))
-    url = make_url(settings.url)
-    secret = url.query.get("password")
+    parsed = make_url(url or settings.url)
+    secret = parsed.query.get("password")
     if isinstance(secret, str):
         # SQLAlchemy hides a password only in the user:password@ part of a URL: one given as
         # ?password= would show in engine.url and its repr. Hand it to the driver directly.
         connect_args["password"] = secret
-        url = url.difference_update_query(["password"])
-    engine = create_async_engine(url, connect_args=connect_args, **kwargs)
+        parsed = parsed.difference_update_query(["password"])
+    engine = create_async_engine(parsed, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _drop_dead_connection(
@@ -150,7 +200,48 @@ def _postgres_engine(
         if driver is not None and driver.is_closed():
             raise exc.DisconnectionError("pooled connection was closed by the server")
 
+    if read_only_default:
+        _writable_autocommit(engine)
     return engine
+
+
+def _writable_autocommit(engine: AsyncEngine) -> None:
+    """Let autocommit write, except on asyncdal's own read-only path (see :data:`READER`)."""
+
+    def allow_writes(connection: Connection, options: Mapping[str, Any]) -> None:
+        if options.get("isolation_level") != "AUTOCOMMIT" or options.get(READER):
+            return
+        fairy = connection.connection
+        record = fairy._connection_record
+        if record is None or record.info.get(_WRITABLE):
+            return
+        driver = fairy.driver_connection
+        if driver is not None:
+            await_(driver.execute("SET default_transaction_read_only = off"))
+            record.info[_WRITABLE] = True
+
+    @event.listens_for(engine.sync_engine, "engine_connect")
+    def _engine_autocommit(connection: Connection) -> None:
+        allow_writes(connection, connection.get_execution_options())
+
+    @event.listens_for(engine.sync_engine, "set_connection_execution_options")
+    def _connection_autocommit(connection: Connection, options: Mapping[str, Any]) -> None:
+        allow_writes(connection, options)
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _replace_writable(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Back in the pool it must be read-only by default again: rather than a round trip to
+        # reset it here, the pool replaces it at its next checkout (a soft invalidation).
+        if record.info.pop(_WRITABLE, False):
+            record.invalidate(soft=True)
+
+
+def _unnamed() -> str:
+    return ""
+
+
+def _set_local(milliseconds: dict[str, str]) -> str:
+    return "".join(f" SET LOCAL {name} = {value};" for name, value in milliseconds.items())
 
 
 def nullpool_engine(settings: DatabaseSettings) -> AsyncEngine:

@@ -7,7 +7,9 @@ application. The same code runs behind ``alembic upgrade head`` (``alembic/env.p
 
 - PostgreSQL: the whole upgrade runs in one transaction (DDL is transactional) that first takes an
   advisory lock, so replicas starting together apply each revision exactly once, and a revision
-  that fails halfway leaves schema and version untouched.
+  that fails halfway leaves schema and version untouched. The lock is transaction-level, so it
+  works through PgBouncer in transaction mode; ``migration_url`` (a setting) bypasses PgBouncer
+  instead. A server in recovery (a hot standby) is refused before anything runs.
 - SQLite: batch mode (ALTER by table copy), foreign keys off while it runs and checked at the end.
 """
 
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +33,8 @@ from sqlalchemy.pool import NullPool
 
 from .database import Database
 from .engine import SQLITE_BEGIN, create_engine
-from .errors import DataAccessError, raise_translated
-from .settings import DatabaseSettings
+from .errors import ConfigurationError, DataAccessError, raise_translated
+from .settings import DatabaseSettings, mask_url
 
 #: pg_advisory_xact_lock key: the bytes of "asyncdal" as a signed 64-bit integer.
 ADVISORY_LOCK_KEY = int.from_bytes(b"asyncdal", "big", signed=True)
@@ -62,8 +66,59 @@ def head() -> str:
     return revision
 
 
-def _engine_of(db: Database[Any] | AsyncEngine) -> AsyncEngine:
-    return db.engine if isinstance(db, Database) else db
+@asynccontextmanager
+async def _engine_of(db: Database[Any] | AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """The engine migrations run on: ``db``'s own, or one for its ``migration_url``."""
+    if not isinstance(db, Database):
+        yield db
+        return
+    if db.settings.migration_url is None:
+        yield db.engine
+        return
+    engine = create_engine(_migration_settings(db.settings), poolclass=NullPool)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _migration_settings(settings: DatabaseSettings) -> DatabaseSettings:
+    """``settings`` pointed at ``migration_url`` when it is set: a direct connection to the
+    primary, bypassing PgBouncer (so no PgBouncer mode) and any replicas."""
+    if settings.migration_url is None:
+        return settings
+    return settings.replace(
+        url=settings.migration_url, migration_url=None, replica_urls=(), pgbouncer=False
+    )
+
+
+async def refuse_replica(engine: AsyncEngine) -> None:
+    """Raise unless ``engine``'s server accepts writes: migrations never run on a hot standby.
+
+    Raises:
+        ConfigurationError: the server is in recovery (``pg_is_in_recovery()``).
+        UnavailableError: the server cannot be reached.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    try:
+        # READ ONLY: a standby refuses the READ WRITE transaction the engine begins by default.
+        async with engine.connect() as probe:
+            probe = await probe.execution_options(postgresql_readonly=True)
+            in_recovery = await probe.scalar(text("SELECT pg_is_in_recovery()"))
+    except Exception as error:
+        raise_translated(error, "migrations: connecting", connecting=True)
+    if in_recovery:
+        raise ConfigurationError(
+            f"migrations refused: {mask_url(engine.url)} is a hot standby "
+            "(pg_is_in_recovery() is true); point url or migration_url at the primary"
+        )
+
+
+#: One lock per event loop: see _run_command.
+_IN_PROCESS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def _run_command(db: Database[Any] | AsyncEngine, fn: Callable[[Config], None]) -> None:
@@ -73,20 +128,26 @@ async def _run_command(db: Database[Any] | AsyncEngine, fn: Callable[[Config], N
         config.attributes["connection"] = connection
         fn(config)
 
-    engine = _engine_of(db)
-    try:
-        connection = await engine.connect()
-    except Exception as error:
-        raise_translated(error, "migrations: connecting", connecting=True)
-    try:
-        await connection.run_sync(in_sync)
-        await connection.commit()
-    except Exception as error:
-        # A failed revision: PostgreSQL rolled the whole upgrade back, SQLite too (one
-        # transaction); say so with an asyncdal error, the driver's chained as __cause__.
-        raise_translated(error, "migrations")
-    finally:
-        await connection.close()
+    # Alembic keeps the command in progress in module globals (alembic.context): two commands
+    # of one process at once would run their revisions on each other's connections (through
+    # PgBouncer that deadlocked until query_wait_timeout). Other processes queue at the
+    # database's advisory lock; ours queue here first.
+    lock = _IN_PROCESS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock, _engine_of(db) as engine:
+        await refuse_replica(engine)
+        try:
+            connection = await engine.connect()
+        except Exception as error:
+            raise_translated(error, "migrations: connecting", connecting=True)
+        try:
+            await connection.run_sync(in_sync)
+            await connection.commit()
+        except Exception as error:
+            # A failed revision: PostgreSQL rolled the whole upgrade back, SQLite too (one
+            # transaction); say so with an asyncdal error, the driver's chained as __cause__.
+            raise_translated(error, "migrations")
+        finally:
+            await connection.close()
 
 
 async def upgrade(db: Database[Any] | AsyncEngine, revision: str = "head") -> None:
@@ -114,7 +175,7 @@ async def current(db: Database[Any] | AsyncEngine) -> str | None:
     def read(connection: Connection) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
-    async with _engine_of(db).connect() as connection:
+    async with _engine_of(db) as engine, engine.connect() as connection:
         return await connection.run_sync(read)
 
 
@@ -168,10 +229,12 @@ def run_migrations(connection: Connection) -> None:
 
 
 async def _run_with_url(url: str) -> None:
-    # The ASYNCDAL_* variables apply as they do to the service (application_name, timeouts).
-    settings = DatabaseSettings.from_env(default_url=url)
+    # The ASYNCDAL_* variables apply as they do to the service (application_name, timeouts,
+    # ASYNCDAL_MIGRATION_URL).
+    settings = _migration_settings(DatabaseSettings.from_env(default_url=url))
     engine = create_engine(settings, poolclass=NullPool)
     try:
+        await refuse_replica(engine)
         try:
             connection = await engine.connect()
         except Exception as error:

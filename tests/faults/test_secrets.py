@@ -3,7 +3,8 @@
 Passwords in the authority, in ``?password=``, and ones holding ``@`` and ``%`` (percent-encoded in
 the URL). Checked in its raw and encoded forms, against reprs, the full formatted chain of every
 error (a refused port, a malformed URL, bad settings) and everything logged at DEBUG with
-``echo=True`` while a real PostgreSQL connection works (trust auth ignores the password).
+``echo=True`` while a real PostgreSQL connection works, as a role of the test's own whose
+password is the secret (a trust server ignores it, a password server checks it).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import logging
 import socket
 import traceback
+import uuid
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
+import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -20,7 +24,7 @@ from asyncdal import Database, DatabaseSettings
 from asyncdal.errors import ConfigurationError, DataAccessError, UnavailableError
 from asyncdal.models import User
 from asyncdal.users import UserUnitOfWork
-from tests.support import Backend
+from tests.support import Backend, pg_admin_dsn
 
 SECRET = "S3cr3t-p@ss%w0rd"
 ENCODED = quote(SECRET, safe="")  # S3cr3t-p%40ss%25w0rd
@@ -121,16 +125,37 @@ def test_password_is_in_no_settings_error(where: str) -> None:
     _assert_hidden(_full(raised.value), "the from_env() error")
 
 
+@pytest.fixture
+async def secret_role_url(backend: Backend) -> AsyncIterator[str]:
+    """The backend's database, as a new login role whose password is ``SECRET``; dropped after.
+
+    Its own role, so that the test never changes a password others rely on, and the secret is
+    really sent and checked where the server asks for passwords (the embedded one does).
+    """
+    role = f"asyncdal_secrets_{uuid.uuid4().hex[:8]}"
+    database = make_url(backend.url).database or "postgres"
+    admin = await asyncpg.connect(pg_admin_dsn(backend.url, database))
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{SECRET}'")
+        await admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        await admin.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        yield make_url(backend.url).set(username=role, password=None).render_as_string()
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")  # the grants, in this database
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+
+
 @pytest.mark.only_backend("postgres")  # a SQLite URL has no password
 @pytest.mark.parametrize("where", PLACES)
 async def test_password_is_in_no_log_line_at_debug_with_echo(
-    backend: Backend,
+    secret_role_url: str,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
     where: str,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    url = _with_password(backend.url, where)
+    url = _with_password(secret_role_url, where)
     db = Database(
         DatabaseSettings(url, application_name="asyncdal-faults-secrets", echo=True),
         unit_of_work=UserUnitOfWork,

@@ -1,0 +1,1 @@
+"""The example HTTP service (see app.py): `uvicorn examples.service.app:app`."""

@@ -24,6 +24,7 @@ from rich.progress import (
 )
 
 from asyncdal.settings import mask_url
+from benchmarks import loops
 from benchmarks.backends import (
     Backend,
     BenchError,
@@ -112,7 +113,8 @@ def parser() -> argparse.ArgumentParser:
         ),
         epilog=f"Stacks: {', '.join(STACKS)}. Workloads: {', '.join(WORKLOADS)}. "
         "See benchmarks/README.md for the method. `python -m benchmarks growth --help`: what "
-        "bulk writes, pages and full walks cost as the table grows.",
+        "bulk writes, pages and full walks cost as the table grows. `python -m benchmarks "
+        "instructions --help`: client work per op counted by callgrind.",
     )
     add = p.add_argument
     add(
@@ -152,6 +154,8 @@ def parser() -> argparse.ArgumentParser:
     add("--users", type=_positive_int(), default=10_000, metavar="N",
         help="users seeded before the run (default 10000)")  # fmt: skip
     add("--seed", type=int, default=1, metavar="N", help="random seed for ids, ages and names")
+    add("--loop", choices=loops.LOOPS, default="asyncio",
+        help="the event loop of every stack (uvloop: pip install 'asyncdal[uvloop]')")  # fmt: skip
     add("--output", type=Path, default=RESULTS_DIR, metavar="DIR",
         help="where the JSON, PNG and Markdown go (default: benchmarks/results)")  # fmt: skip
     add_topology_arguments(p)
@@ -181,6 +185,7 @@ def config_from(args: argparse.Namespace) -> tuple[Config, str | None, str]:
         users=args.users,
         seed=args.seed,
         quick=args.quick,
+        loop=args.loop,
         **values,
     )
     return config, requested if "postgresql" in backends else None, requested_by
@@ -287,9 +292,14 @@ async def run(
         doc["postgresql_source"] = postgres_line
     # A --quick smoke run must not replace the full run's committed latest.* files.
     latest_name = "quick-latest" if config.quick else "latest"
+    if config.loop != "asyncio":
+        latest_name += f"-{config.loop}"  # a uvloop run keeps the asyncio run's files
     json_path, _ = write(doc, output, stamp, latest_name)
     machine = doc["machine"]
-    subtitle = f"{machine['cpu']}, {machine['cores']} cores · {started:%Y-%m-%d}"
+    subtitle = (
+        f"{machine['cpu']}, {machine['cores']} cores · {loops.describe(config.loop)} loop"
+        f" · {started:%Y-%m-%d}"
+    )
     png_path, _ = plot(results, names, config, output, stamp, subtitle, latest_name)
     # The same tables as Markdown, for benchmarks/README.md (not committed: copy what you keep).
     (output / f"{latest_name}.md").write_text(markdown_report(results, names, config, checks))
@@ -303,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.growth import main as growth
 
         return growth(argv[1:])
+    if argv[:1] == ["instructions"]:  # load-independent client work: benchmarks/instructions.py
+        from benchmarks.instructions import main as instructions
+
+        return instructions(argv[1:])
     args = parser().parse_args(argv)
     config, requested, requested_by = config_from(args)
     if (args.replicas or args.pgbouncer) and not args.postgres:
@@ -312,17 +326,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(width=140)  # piped or in CI: wide enough that tables do not wrap
     try:
         command = masked_command(argv)
-        asyncio.run(
-            run_with_postgres(config, (requested, requested_by), args.output, console, command)
-        )
+        factory = loops.loop_factory(config.loop)  # every stack, and the scale-out run, on it
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(
+                run_with_postgres(config, (requested, requested_by), args.output, console, command)
+            )
         if args.replicas or args.pgbouncer:
             with console.status("scale-out comparison") as status:
                 topology = run_topology(
                     config, args.postgres, args.replicas or (), args.pgbouncer, args.output,
                     console, command, on_cell=status.update,
                 )  # fmt: skip
-                asyncio.run(topology)
-    except BenchError as error:
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    runner.run(topology)
+    except (BenchError, loops.LoopUnavailableError) as error:
         print(f"python -m benchmarks: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

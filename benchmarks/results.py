@@ -13,11 +13,21 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from benchmarks import loops
 from benchmarks.backends import Backend
 from benchmarks.runner import Config
 from benchmarks.summary import Results, Summary
 
-PACKAGES = ("asyncdal", "sqlalchemy", "asyncpg", "aiosqlite", "alembic", "rich", "matplotlib")
+PACKAGES = (
+    "asyncdal",
+    "sqlalchemy",
+    "asyncpg",
+    "aiosqlite",
+    "alembic",
+    "uvloop",
+    "rich",
+    "matplotlib",
+)
 
 
 def cpu_model() -> str:
@@ -89,6 +99,7 @@ def document(
             "wall_seconds": round(wall_seconds, 1),
             "command": command,
             "machine": machine(),
+            "loop": loops.describe(config.loop),
             "versions": versions(),
             "settings": dataclasses.asdict(config)
             | {"sqlalchemy_pool": "pool_size=N, max_overflow=0"},

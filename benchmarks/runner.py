@@ -40,6 +40,8 @@ class Config:
     bulk_size: int
     seed: int
     quick: bool
+    #: The event loop every stack runs on: "asyncio" or "uvloop" (see benchmarks.loops).
+    loop: str = "asyncio"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,8 @@
 """The stacks compared, from most abstraction to least, each doing the same logical work per op.
 
 - ``uow``: asyncdal's public API, ``Database`` -> ``unit_of_work()`` -> ``uow.users``, pooled.
+- ``uow-flush``: the same with ``DatabaseSettings(fast_paths=False)``: every write through
+  ``Session.flush()``, as before the flush-free paths; ``uow/uow-flush`` is their effect.
 - ``session``: a bare ``AsyncSession`` per op (``expire_on_commit=False``) on asyncdal's engine.
 - ``core``: ``async with engine.begin()`` and Core statements on asyncdal's engine.
 - ``driver``: asyncpg's own pool, or one aiosqlite connection behind an ``asyncio.Lock``
@@ -36,7 +38,7 @@ from asyncdal.users import UserUnitOfWork
 Change = Callable[[int], int]
 
 #: Ordered from most abstraction to least, then the no-pool variant.
-STACKS: Final = ("uow", "session", "core", "driver", "uow-nopool")
+STACKS: Final = ("uow", "uow-flush", "session", "core", "driver", "uow-nopool")
 #: Measured only when asked for with --stacks: what the observer costs a unit of work.
 OPTIONAL_STACKS: Final = ("uow-nometrics", "uow-unobserved")
 
@@ -88,6 +90,9 @@ async def open_stack(stack: str, url: str, pool_size: int) -> Stack:
     settings = settings_for(url, pool_size)
     if stack == "uow":
         return UowStack(Database(settings, unit_of_work=UserUnitOfWork))
+    if stack == "uow-flush":
+        slow = settings.replace(fast_paths=False)
+        return UowStack(Database(slow, unit_of_work=UserUnitOfWork))
     if stack == "uow-nometrics":
         return UowStack(Database(settings.replace(metrics=False), unit_of_work=UserUnitOfWork))
     if stack == "uow-unobserved":

@@ -21,6 +21,7 @@ STACK_RATIOS: Final = (
     ("uow", "session"),
     ("uow", "driver"),
     ("uow", "uow-nopool"),
+    ("uow", "uow-flush"),  # the flush-free paths' effect
     # The hot-path cost of db.metrics() and of watching units of work (asked for with --stacks).
     ("uow", "uow-nometrics"),
     ("uow", "uow-unobserved"),

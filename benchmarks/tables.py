@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import loops
 from benchmarks.runner import Config
 from benchmarks.summary import STACK_RATIOS, Ratio, Results, Summary
 
@@ -164,6 +165,7 @@ def print_report(
 ) -> None:
     """Every table of the run, to the terminal."""
     passes = f"median of {config.repeat} passes" if config.repeat > 1 else "1 pass, no spread"
+    loop = f"{loops.describe(config.loop)} loop"
     if "sqlite" in backends and "postgresql" in backends:
         for pool in config.pool_sizes:
             table = _rich(
@@ -175,13 +177,17 @@ def print_report(
         for pool in config.pool_sizes:
             label = f"{_LABEL[backend]} · pool {pool}"
             header, rows = grid(results, backend, pool, config, throughput_cell(config))
-            console.print(_rich(f"{label} · ops/s, {passes} (± half the range)", header, rows))
+            title = f"{label} · ops/s, {passes} (± half the range) · {loop}"
+            console.print(_rich(title, header, rows))
             header, rows = grid(results, backend, pool, config, lambda _w, s: latency_text(s))
-            title = f"{label} · latency p50/p99 ms · client CPU µs per op (medians)"
+            title = f"{label} · latency p50/p99 ms · client CPU µs per op (medians) · {loop}"
             console.print(_rich(title, header, rows))
     for pool in config.pool_sizes:
         header, rows = ratio_grid(results, backends, pool, config)
-        title = f"Ratios of throughput · pool {pool} · 'within noise': the passes' range spans 1.0"
+        title = (
+            f"Ratios of throughput · pool {pool} · {loop} · "
+            "'within noise': the passes' range spans 1.0"
+        )
         console.print(_rich(title, header, rows))
     console.print(_rich("Lost-update check", *check_grid(results, checks, config)))
     problems = error_rows(results)
@@ -246,6 +252,7 @@ def markdown_report(
 ) -> str:
     """The README's tables: SQLite vs PostgreSQL, the ratios, then ops/s per backend, then the
     lost-update check."""
+    loop = f"{loops.describe(config.loop)} loop"
     parts: list[str] = []
     for pool in config.pool_sizes:
         if "sqlite" in backends and "postgresql" in backends:
@@ -254,18 +261,19 @@ def markdown_report(
                 markdown(*comparison_grid(results, pool, config)),
             ]
         parts += [
-            f"Ratios of throughput, pool {pool}:",
+            f"Ratios of throughput, pool {pool}, {loop}:",
             markdown(*ratio_grid(results, backends, pool, config)),
         ]
         for backend in backends:
             header, rows = grid(results, backend, pool, config, throughput_cell(config))
             parts += [
-                f"{_LABEL[backend]}, pool {pool}, ops/s (median ± half the range):",
+                f"{_LABEL[backend]}, pool {pool}, {loop}, ops/s (median ± half the range):",
                 markdown(header, rows),
             ]
             header, rows = grid(results, backend, pool, config, lambda _w, s: latency_text(s))
             parts += [
-                f"{_LABEL[backend]}, pool {pool}, latency p50/p99 ms · client CPU µs per op:",
+                f"{_LABEL[backend]}, pool {pool}, {loop}, "
+                "latency p50/p99 ms · client CPU µs per op:",
                 markdown(header, rows),
             ]
     parts += ["Lost-update check:", markdown(*check_grid(results, checks, config))]

@@ -275,6 +275,7 @@ class Database(Generic[U]):
             write_lock=self._write_lock if takes_lock else None,
             timeout=timeout,
             observer=self._observer,
+            fast_paths=self._settings.fast_paths,
         )
 
     @contextlib.contextmanager

@@ -18,7 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute, selectinload
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.sql import ClauseElement
 
-from . import _bulk, _pages, _upsert
+from . import _bulk, _fastpath, _pages, _upsert
 from ._model import check_count, check_filter_value, model_info, shorten
 from .errors import InvalidQueryError, NotFoundError
 
@@ -93,6 +93,10 @@ class Repository(Generic[M]):
         op = self._op("add")
         session = self._uow._require_writable(op)
         checked = self._check_instance(obj, "add")
+        if self._uow._fast_paths:
+            # The common case without the flush's machinery; anything else still flushes.
+            await self._uow._run(op, session.run_sync(_fastpath.add, checked))
+            return obj
         session.add(checked)
         await self._uow._run(op, session.flush())
         return obj
@@ -122,7 +126,8 @@ class Repository(Generic[M]):
             session.add(obj)
         for name, value in values.items():
             setattr(obj, name, value)
-        await self._uow._run(op, session.flush())
+        flushed = session.run_sync(_fastpath.flush) if self._uow._fast_paths else session.flush()
+        await self._uow._run(op, flushed)
         return obj
 
     async def delete(self, obj: M) -> None:

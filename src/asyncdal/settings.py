@@ -129,6 +129,9 @@ class DatabaseSettings:
     metrics: bool = True
     slow_unit_of_work_ms: float | None = None
     otel: bool = False
+    #: Flush-free INSERT for ``add()`` and UPDATE at commit where the flush would send just that
+    #: statement (see ``asyncdal._fastpath``); off sends everything through ``Session.flush()``.
+    fast_paths: bool = True
 
     def __post_init__(self) -> None:
         parsed = parse_url(self.url)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from . import _fastpath
 from ._pgconnection import COMMIT_POSITION
 from .errors import (
     CommitOutcomeUnknownError,
@@ -126,6 +127,7 @@ class UnitOfWork:
         timeout: float | None = None,
         opener: Callable[[], Awaitable[AsyncSession]] | None = None,
         observer: Observer | None = None,
+        fast_paths: bool = True,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise InvalidQueryError(f"timeout must be > 0 seconds or None, got {timeout!r}")
@@ -147,6 +149,9 @@ class UnitOfWork:
         self._commit_token: str | None = None
         # The Database's metrics, shutdown and tracing (asyncdal._observer); None when built alone.
         self._observer = observer
+        # Never in a read-only unit of work: its session must refuse to flush, and the fast
+        # paths write without flushing.
+        self._fast_paths = fast_paths and _fastpath.AVAILABLE and not read_only
 
     @property
     def read_only(self) -> bool:
@@ -362,7 +367,10 @@ class UnitOfWork:
             # One greenlet for both steps; the phase tells a connection lost while flushing
             # (nothing committed: retryable) from one lost during COMMIT (outcome unknown).
             nonlocal phase
-            sync_session.flush()
+            if self._fast_paths:
+                _fastpath.flush(sync_session)  # column-only UPDATEs without the flush's machinery
+            else:
+                sync_session.flush()
             if not _driver_closed(sync_session):
                 # A connection the server already closed cannot have sent COMMIT: that failure
                 # stays a plain (retryable) lost connection.

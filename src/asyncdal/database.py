@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -17,19 +16,17 @@ from sqlalchemy.pool import Pool, QueuePool
 from ._nodes import Node, nodes, sessions
 from ._observer import Observer, ping, pool_metrics
 from ._pgconnection import PRIMARY_TOKEN
+from ._retry import retrying
 from ._writelock import WriteLock
 from .engine import SQLITE_BEGIN, create_engine
 from .errors import (
-    CommitOutcomeUnknownError,
     ConfigurationError,
-    RetryableError,
     UnavailableError,
-    raise_translated,
 )
 from .metrics import DatabaseMetrics
 from .routing import Router, parse_position, pin, pinned
 from .settings import DatabaseSettings
-from .uow import State, UnitOfWork
+from .uow import UnitOfWork
 
 U = TypeVar("U", bound=UnitOfWork)
 T = TypeVar("T")
@@ -321,33 +318,20 @@ class Database(Generic[U]):
         """
         if not isinstance(attempts, int) or attempts < 1:
             raise ConfigurationError(f"attempts must be an integer >= 1, got {attempts!r}")
-        attempt = 0
-        while True:
-            attempt += 1
-            uow = self.unit_of_work(
+
+        def attempt_uow() -> U:
+            return self.unit_of_work(
                 read_only=read_only, isolation_level=isolation_level, timeout=timeout
             )
-            uow._attempt = (fn, attempt)  # names the span and the slow-log line
-            try:
-                async with uow:
-                    try:
-                        result = await fn(uow)
-                    except Exception as error:
-                        # fn may have used the uow.session escape hatch, whose driver errors are
-                        # raw: classify them too, or a serialization failure there is not retried.
-                        raise_translated(error, "run_in_transaction(fn)")
-                    if uow.state is State.ACTIVE:
-                        await uow.commit()
-                    return result
-            except RetryableError as error:
-                if attempt >= attempts:
-                    raise
-                self._retry(error, attempt, attempts)
-            except CommitOutcomeUnknownError as error:
-                if not idempotent or attempt >= attempts:
-                    raise
-                self._retry(error, attempt, attempts)
-            await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
+
+        return await retrying(
+            attempt_uow,
+            fn,
+            attempts=attempts,
+            idempotent=idempotent,
+            delays=(base_delay, max_delay),
+            on_retry=self._retry,
+        )
 
     def _factory(
         self, read_only: bool, isolation_level: str | None

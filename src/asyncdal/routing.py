@@ -38,10 +38,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ._cleanup import shielded
 from ._nodes import Node
 from .errors import ConnectionLostError, InvalidQueryError, UnavailableError, classify
 from .settings import DatabaseSettings
-from .uow import _shielded
 
 logger = logging.getLogger("asyncdal")
 
@@ -140,7 +140,7 @@ class Router:
     async def _give_up(self, node: Node, session: AsyncSession, error: BaseException) -> None:
         """Close ``session``; then mark ``node`` down when it failed, else re-raise ``error``
         (a cancellation, a bug, the pool's own timeout)."""
-        await _shielded(session.close())
+        await shielded(session.close())
         if not (isinstance(error, Exception) and _node_failure(error)):
             raise error
         node.mark_down(error, self._settings.replica_retry_after)
@@ -179,7 +179,7 @@ class Router:
         if position is not None and position >= after:
             node.replay = max(position, node.replay or 0)
             return True
-        await _shielded(session.close())
+        await shielded(session.close())
         return False
 
     async def _fallback(self, isolation_level: str | None) -> AsyncSession:
@@ -199,7 +199,7 @@ class Router:
         try:
             await session.connection()
         except BaseException:
-            await _shielded(session.close())
+            await shielded(session.close())
             raise
         return session
 

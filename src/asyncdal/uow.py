@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import inspect
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -19,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from . import _fastpath
+from ._cleanup import driver_closed, driver_of, run_hooks, shielded
 from ._pgconnection import COMMIT_POSITION
 from .errors import (
     CommitOutcomeUnknownError,
@@ -34,55 +33,12 @@ if TYPE_CHECKING:
     from ._observer import Observer
     from ._writelock import WriteLock
 
-logger = logging.getLogger("asyncdal")
-
 #: The commit token of a commit that needs no replica to catch up (no replicas, SQLite).
 NO_TOKEN: Final = "0/0"
 
 M = TypeVar("M")
 R = TypeVar("R", bound=Repository[Any])
 T = TypeVar("T")
-
-
-def _driver(sync_session: Session) -> Any:
-    """The driver connection of the session's transaction, or None outside one."""
-    if not sync_session.in_transaction():
-        return None
-    return sync_session.connection().connection.driver_connection
-
-
-def _driver_closed(sync_session: Session) -> bool:
-    """True when the driver knows the server closed this session's connection (asyncpg)."""
-    is_closed = getattr(_driver(sync_session), "is_closed", None)
-    return bool(is_closed()) if callable(is_closed) else False
-
-
-async def _shielded(awaitable: Awaitable[None]) -> None:
-    """Run ``awaitable`` to the end even if this task is cancelled meanwhile (then re-raise);
-    only used after a cancellation, so its own failure is dropped."""
-    task = asyncio.ensure_future(awaitable)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError as error:
-            cancelled = error
-    if not task.cancelled():
-        # Best effort: retrieve (and drop) a cleanup failure; the CancelledError is what matters.
-        task.exception()
-    if cancelled is not None:
-        raise cancelled
-
-
-async def _run_hooks(hooks: list[Callable[[], object]]) -> None:
-    for hook in hooks:
-        try:
-            outcome = hook()
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:
-            name = getattr(hook, "__qualname__", None) or repr(hook)
-            logger.exception("on_commit hook %s failed after a successful commit", name)
 
 
 class State(enum.Enum):
@@ -303,7 +259,7 @@ class UnitOfWork:
                     # way back to the pool (a reset that fails invalidates it). Make certain the
                     # session lets go of everything, where no cancellation can reach, then give
                     # way: the caller's own CancelledError propagates untouched.
-                    await _shielded(session.invalidate())
+                    await shielded(session.invalidate())
                     raise
         finally:
             # Only now: the next SQLite writer must not begin before this one's transaction is
@@ -371,11 +327,11 @@ class UnitOfWork:
                 _fastpath.flush(sync_session)  # column-only UPDATEs without the flush's machinery
             else:
                 sync_session.flush()
-            if not _driver_closed(sync_session):
+            if not driver_closed(sync_session):
                 # A connection the server already closed cannot have sent COMMIT: that failure
                 # stays a plain (retryable) lost connection.
                 phase = "commit"
-            driver = _driver(sync_session)
+            driver = driver_of(sync_session)
             sync_session.commit()
             # Left by asyncdal's asyncpg connection at COMMIT when replicas are configured.
             # Read at once: the connection went back to the pool inside commit(), but no other
@@ -404,7 +360,7 @@ class UnitOfWork:
             # (writing) unit of work, which would otherwise wait for this one forever.
             await self._shielded_close(rollback=False)
             self._state = State.COMMITTED
-            await _run_hooks(hooks)
+            await run_hooks(hooks)
 
     def on_commit(self, fn: Callable[[], object]) -> None:
         """Run ``fn()`` (a plain or async callable) after this unit of work commits.

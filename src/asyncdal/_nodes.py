@@ -72,7 +72,7 @@ class Node:
         self.read_engine = (
             engine.execution_options(postgresql_readonly=True)
             if pgbouncer
-            else engine.execution_options(isolation_level="AUTOCOMMIT", **{READER: True})
+            else engine.execution_options(**{READER: True})
         )
         self.readers = sessions(self.read_engine, read_only=True)
         self._isolated: dict[str, async_sessionmaker[AsyncSession]] = {}

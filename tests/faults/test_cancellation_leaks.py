@@ -1,8 +1,8 @@
 """Cancellation leaks no driver connection: every one a unit of work opened is closed, or pooled.
 
-1,000 units of work are cancelled at random points on a pool that replaces its connection at
-every checkout (``pool_recycle`` of a microsecond), so the cancellations land while a connection
-is being opened and closed as well as mid-statement and mid-COMMIT. Every driver connection
+1,000 units of work on SQLite (400 on PostgreSQL) are cancelled at random points on a pool that
+replaces its connection at every checkout (``pool_recycle`` of a microsecond), so the
+cancellations land while a connection is being opened and closed as well as mid-statement and mid-COMMIT. Every driver connection
 opened meanwhile is counted, and held, so one dropped without ``close()`` stays visible as open
 instead of being finalized by the garbage collector: the count does not depend on Python 3.13's
 ``ResourceWarning`` for an unclosed ``sqlite3.Connection``. Afterwards the only open connections
@@ -28,7 +28,10 @@ from asyncdal.users import UserUnitOfWork
 from tests.faults._helpers_core import eventually, pg_activity, sqlite_path
 from tests.support import Backend
 
-TASKS = 1000
+#: Cancellations per backend: the SQLite leak (aiosqlite's cancelled connect) showed in 41 to 112
+#: of 1,000; a fresh PostgreSQL backend per checkout costs ~20 ms, so there fewer cover the same
+#: windows (connect, statement, COMMIT, close) in a third of the time.
+TASKS = {"sqlite": 1000, "postgresql": 400}
 CONCURRENCY = 25
 APP = "asyncdal-faults-leaks"
 
@@ -133,9 +136,10 @@ async def test_cancelling_units_of_work_leaves_no_driver_connection_open_beyond_
     mine: Database[UserUnitOfWork], census: Census, caplog: pytest.LogCaptureFixture
 ) -> None:
     rng = random.Random(12)
+    tasks_here = TASKS[mine.backend]
     windows = {ro: await _typical_duration(mine, read_only=ro) for ro in (False, True)}
     cancelled = 0
-    for first in range(0, TASKS, CONCURRENCY):
+    for first in range(0, tasks_here, CONCURRENCY):
         tasks = []
         for i in range(first, first + CONCURRENCY):
             read_only = rng.random() < 0.5
@@ -150,7 +154,7 @@ async def test_cancelling_units_of_work_leaves_no_driver_connection_open_beyond_
 
     def figures() -> str:
         return (
-            f"{cancelled}/{TASKS} cancelled, {len(census.opened)} connections opened, "
+            f"{cancelled}/{tasks_here} cancelled, {len(census.opened)} connections opened, "
             f"{census.still_open()} still open, pool {pool}"
         )
 
@@ -160,17 +164,20 @@ async def test_cancelling_units_of_work_leaves_no_driver_connection_open_beyond_
     async def server_agrees() -> bool:
         return mine.backend == "sqlite" or len(await pg_activity(mine)) == census.still_open()
 
-    assert cancelled == TASKS, figures()
-    assert len(census.opened) > TASKS // 4, figures()  # connections were opened meanwhile
+    assert cancelled == tasks_here, figures()
+    assert len(census.opened) > tasks_here // 4, figures()  # connections were opened meanwhile
     assert pool.checked_out == 0, figures()
     # An open that completes after its caller gave up is closed then: allow it a moment. An
     # invalidated connection's slot returns to the pool empty, so it holds at most checked_in.
+    # The server ends the backend of a connection closed mid-query only when that query is done
+    # and it reads the socket again: on a busy machine (CI runs two suites at once) that can take
+    # seconds, so the server is given longer than the client.
     assert await eventually(lambda: at_most(pool.checked_in), within=2), figures()
-    assert await eventually(server_agrees, within=2), (figures(), await pg_activity(mine))
+    assert await eventually(server_agrees, within=10), (figures(), await pg_activity(mine))
 
     await mine.dispose()
     assert await eventually(lambda: at_most(0), within=2), "after dispose: " + figures()
-    assert await eventually(server_agrees, within=2), (figures(), await pg_activity(mine))
+    assert await eventually(server_agrees, within=10), (figures(), await pg_activity(mine))
     # Nor a close left waiting forever behind a stopped driver thread (asyncio reports such a
     # task only when it is collected).
     gc.collect()

@@ -314,7 +314,9 @@ async def test_with_fast_paths_off_everything_takes_the_flush(
     backend: Backend, committing_db: Database[UserUnitOfWork], taken: dict[str, int]
 ) -> None:
     # A Database of its own beside the test's: real commits (committing_db), emptied tables.
-    settings = DatabaseSettings(backend.url, application_name="asyncdal-tests", fast_paths=False)
+    settings = DatabaseSettings(
+        backend.url, application_name="asyncdal-tests", fast_paths=False, **backend.settings
+    )
     async with Database(settings, unit_of_work=UserUnitOfWork) as slow:
         user = await _user(slow)
         async with slow.unit_of_work() as uow:

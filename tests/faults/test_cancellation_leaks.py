@@ -2,11 +2,12 @@
 
 1,000 units of work on SQLite (400 on PostgreSQL) are cancelled at random points on a pool that
 replaces its connection at every checkout (``pool_recycle`` of a microsecond), so the
-cancellations land while a connection is being opened and closed as well as mid-statement and mid-COMMIT. Every driver connection
-opened meanwhile is counted, and held, so one dropped without ``close()`` stays visible as open
-instead of being finalized by the garbage collector: the count does not depend on Python 3.13's
-``ResourceWarning`` for an unclosed ``sqlite3.Connection``. Afterwards the only open connections
-are the ones the pool holds, none once it is disposed, and no close is left waiting forever.
+cancellations land while a connection is being opened and closed as well as mid-statement and
+mid-COMMIT. Every driver connection opened meanwhile is counted, and held, so one dropped without
+``close()`` stays visible as open instead of being finalized by the garbage collector: the count
+does not depend on Python 3.13's ``ResourceWarning`` for an unclosed ``sqlite3.Connection``.
+Afterwards the only open connections are the ones the pool holds, none once it is disposed, and
+no close is left waiting forever.
 """
 
 from __future__ import annotations

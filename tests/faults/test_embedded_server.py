@@ -176,8 +176,10 @@ def test_embedded_server_goes_away_with_its_owner_on_ctrl_c_sigterm_and_sigkill(
 
 
 def _scratch_dirs() -> set[Path]:
+    """This process's embedded servers' directories (other test sessions may run servers too)."""
     places = {Path("/tmp"), Path(tempfile.gettempdir())}
-    return {path for place in places for path in place.glob("asyncdal-embedded-pg-*")}
+    mine = f"asyncdal-embedded-pg-{os.getpid()}-*"
+    return {path for place in places for path in place.glob(mine)}
 
 
 def test_a_server_that_cannot_start_says_why_and_leaves_nothing() -> None:

@@ -38,7 +38,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install  ## the benchmark on the embedded SQLite default (add ARGS="--postgres URL")
+bench: install  ## SQLite and PostgreSQL side by side (ARGS="--postgres URL" or "--sqlite-only")
 	$(BIN)/python -m benchmarks $(ARGS)
 
 bench-quick: install

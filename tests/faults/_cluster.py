@@ -34,8 +34,6 @@ _ADMIN_APP = "asyncdal-faults-admin"
 
 #: ``await new_database(server=PG_URL, migrate=True)`` -> a scratch database's URL (conftest).
 NewDatabase = Callable[..., Awaitable[str]]
-#: ``figure("17 failed typed, 33 succeeded")``: record a scenario's result (conftest).
-Figure = Callable[[str], None]
 
 
 class ClusterError(RuntimeError):

@@ -18,10 +18,9 @@ import pytest
 
 from asyncdal import Database, DatabaseSettings
 from asyncdal.migrations import upgrade
-from tests.faults._cluster import Cluster, ClusterError, Figure, NewDatabase
+from tests._figures import Figures
+from tests.faults._cluster import Cluster, ClusterError, NewDatabase
 from tests.support import IN_CI, PG_URL, create_pg_database, drop_pg_database
-
-_FIGURES: list[str] = []
 
 
 def _unavailable(what: str, problem: object) -> NoReturn:
@@ -86,20 +85,10 @@ async def new_database() -> AsyncIterator[NewDatabase]:
             await drop_pg_database(url)
 
 
-@pytest.fixture
-def figure(request: pytest.FixtureRequest) -> Figure:
-    """``figure("17 failed typed, 33 succeeded")``: a scenario's result, shown after the run."""
-
-    def record(text: str) -> None:
-        _FIGURES.append(f"{request.node.name}: {text}")
-        request.node.user_properties.append(("figure", text))
-
-    return record
+FIGURES = Figures("fault figures")
+figure = FIGURES.fixture()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the figures the fault tests recorded (the issue asks for them in the report)."""
-    if _FIGURES:
-        terminalreporter.section("fault figures")
-        for line in _FIGURES:
-            terminalreporter.write_line(line)
+    FIGURES.print(terminalreporter)

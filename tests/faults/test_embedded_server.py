@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 
 from asyncdal import _pgserver
+from tests._figures import Figure
 from tests.faults import _cluster
-from tests.faults._cluster import Figure
 from tests.support import pg_admin_dsn
 
 pytestmark = pytest.mark.postgres

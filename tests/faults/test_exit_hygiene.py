@@ -20,7 +20,8 @@ import pytest
 
 from asyncdal import Database, DatabaseSettings
 from asyncdal.migrations import upgrade
-from tests.faults._cluster import Figure, NewDatabase, wait_for_no_backends
+from tests._figures import Figure
+from tests.faults._cluster import NewDatabase, wait_for_no_backends
 from tests.support import pg_admin_dsn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.sqlite]

@@ -27,7 +27,8 @@ from asyncdal.errors import (
 )
 from asyncdal.models import User
 from asyncdal.users import UserUnitOfWork
-from tests.faults._cluster import Cluster, Figure, NewDatabase, backend_pids, terminate
+from tests._figures import Figure
+from tests.faults._cluster import Cluster, NewDatabase, backend_pids, terminate
 from tests.support import pg_admin_dsn
 
 pytestmark = pytest.mark.postgres

@@ -24,7 +24,8 @@ from sqlalchemy.exc import DBAPIError
 from asyncdal import Database, DatabaseSettings, migrations
 from asyncdal.errors import DataAccessError
 from asyncdal.migrations import ADVISORY_LOCK_KEY, head, script_location
-from tests.faults._cluster import Figure, NewDatabase
+from tests._figures import Figure
+from tests.faults._cluster import NewDatabase
 from tests.support import pg_admin_dsn
 
 pytestmark = pytest.mark.postgres

@@ -19,7 +19,8 @@ from asyncdal import Database, DatabaseSettings
 from asyncdal.errors import UnavailableError
 from asyncdal.models import User
 from asyncdal.users import UserUnitOfWork
-from tests.faults._cluster import Cluster, Figure, NewDatabase, backend_pids, free_port
+from tests._figures import Figure
+from tests.faults._cluster import Cluster, NewDatabase, backend_pids, free_port
 from tests.support import PG_URL, Backend, pg_admin_dsn, require_postgres
 
 pytestmark = pytest.mark.postgres

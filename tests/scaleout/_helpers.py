@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -17,8 +17,6 @@ from tests.scaleout._topology import Topology
 
 #: The test database on the topology (one per session; tests empty its tables).
 DATABASE = "asyncdal_scaleout"
-#: ``figure("...")``: record an asserted result for the run's summary.
-Figure = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,11 @@ import pytest
 from asyncdal import Database, DatabaseSettings
 from asyncdal.migrations import upgrade
 from asyncdal.users import UserUnitOfWork
+from tests._figures import Figures
 from tests.faults._cluster import ClusterError
-from tests.scaleout._helpers import DATABASE, Figure, Servers, wait_until_replayed
+from tests.scaleout._helpers import DATABASE, Servers, wait_until_replayed
 from tests.scaleout._topology import Topology
 from tests.support import IN_CI
-
-_FIGURES: list[str] = []
 
 #: ``await make_db(**settings)`` -> a ``Database`` over the topology, disposed after the test.
 MakeDb = Callable[..., Awaitable[Database[UserUnitOfWork]]]
@@ -102,20 +101,10 @@ async def make_db(clean: Servers, app_name: str) -> AsyncIterator[MakeDb]:
         await db.dispose()
 
 
-@pytest.fixture
-def figure(request: pytest.FixtureRequest) -> Figure:
-    """``figure("1000 reads: 0 on the primary")``: a result, printed after the run."""
-
-    def record(line: str) -> None:
-        _FIGURES.append(f"{request.node.name}: {line}")
-        request.node.user_properties.append(("figure", line))
-
-    return record
+FIGURES = Figures("scale-out figures")
+figure = FIGURES.fixture()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the figures the scale-out tests asserted (the issue note quotes them)."""
-    if _FIGURES:
-        terminalreporter.section("scale-out figures")
-        for line in _FIGURES:
-            terminalreporter.write_line(line)
+    FIGURES.print(terminalreporter)

@@ -11,7 +11,8 @@ import pytest
 
 from asyncdal import Database
 from asyncdal.users import UserUnitOfWork
-from tests.scaleout._helpers import Figure, Servers, port_of, replay_paused
+from tests._figures import Figure
+from tests.scaleout._helpers import Servers, port_of, replay_paused
 from tests.scaleout.conftest import MakeDb
 
 pytestmark = pytest.mark.postgres

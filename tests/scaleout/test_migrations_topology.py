@@ -17,8 +17,9 @@ import pytest
 from asyncdal import Database, DatabaseSettings
 from asyncdal.errors import ConfigurationError, UnavailableError
 from asyncdal.migrations import current, head, upgrade
+from tests._figures import Figure
 from tests.faults._cluster import free_port
-from tests.scaleout._helpers import Figure, Servers, wait_until_replayed
+from tests.scaleout._helpers import Servers, wait_until_replayed
 
 pytestmark = pytest.mark.postgres
 

@@ -17,7 +17,8 @@ from asyncdal import Database
 from asyncdal.errors import QueryTimeoutError, RetryableError
 from asyncdal.models import User
 from asyncdal.users import UserUnitOfWork
-from tests.scaleout._helpers import DATABASE, Figure, Servers
+from tests._figures import Figure
+from tests.scaleout._helpers import DATABASE, Servers
 from tests.scaleout._topology import PGBOUNCER_POOL_SIZE
 from tests.scaleout.conftest import MakeDb
 

@@ -13,7 +13,8 @@ from asyncdal.errors import InvalidQueryError
 from asyncdal.models import User
 from asyncdal.routing import parse_position
 from asyncdal.users import UserUnitOfWork
-from tests.scaleout._helpers import Figure, Servers, port_of, replay_paused, scalar
+from tests._figures import Figure
+from tests.scaleout._helpers import Servers, port_of, replay_paused, scalar
 from tests.scaleout.conftest import MakeDb
 
 pytestmark = pytest.mark.postgres

@@ -18,8 +18,9 @@ from sqlalchemy import event, text
 from asyncdal import Database
 from asyncdal.errors import UnavailableError
 from asyncdal.users import UserUnitOfWork
+from tests._figures import Figure
 from tests.faults._cluster import free_port
-from tests.scaleout._helpers import Figure, Servers, port_of, wait_until_replayed
+from tests.scaleout._helpers import Servers, port_of, wait_until_replayed
 from tests.scaleout.conftest import MakeDb
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

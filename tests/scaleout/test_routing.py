@@ -13,7 +13,8 @@ from sqlalchemy import text
 from asyncdal.errors import DataAccessError
 from asyncdal.models import User
 from asyncdal.users import UserUnitOfWork
-from tests.scaleout._helpers import Figure, Servers, port_of
+from tests._figures import Figure
+from tests.scaleout._helpers import Servers, port_of
 from tests.scaleout.conftest import MakeDb
 
 pytestmark = pytest.mark.postgres

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from asyncdal import DatabaseSettings
 from examples.service.app import create_app
+from tests._figures import Figures
 from tests.conftest import clean
 from tests.support import Backend
 
@@ -92,23 +93,10 @@ async def client(make_app: MakeApp) -> AsyncIterator[httpx.AsyncClient]:
         yield served
 
 
-_FIGURES: list[str] = []
-
-
-@pytest.fixture
-def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """``figure("1280 requests, 0 5xx")``: a result shown after the run (for the issue's note)."""
-
-    def record(text: str) -> None:
-        _FIGURES.append(f"{request.node.name}: {text}")
-        request.node.user_properties.append(("figure", text))
-
-    return record
+FIGURES = Figures("service figures")
+figure = FIGURES.fixture()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the figures the service tests recorded."""
-    if _FIGURES:
-        terminalreporter.section("service figures")
-        for line in _FIGURES:
-            terminalreporter.write_line(line)
+    FIGURES.print(terminalreporter)

@@ -8,9 +8,11 @@ hooks that open units of work while another is open) take ``committing_db``, the
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from asyncdal import Database
+from asyncdal import Database, _fastpath
 from asyncdal.users import UserUnitOfWork
 from tests.support import Backend
 
@@ -27,3 +29,23 @@ def committing_db(
 ) -> Database[UserUnitOfWork]:
     """The plugin's ``asyncdal_committing_db`` on ``backend``: real commits, emptied after."""
     return asyncdal_committing_db
+
+
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How many INSERTs and UPDATE runs the fast paths sent (so that a comparison with the
+    flush is not between two flushes)."""
+    counts = {"insert": 0, "update": 0}
+    insert, update = _fastpath._insert, _fastpath._update
+
+    def counted_insert(*args: Any) -> None:
+        counts["insert"] += 1
+        insert(*args)
+
+    def counted_update(*args: Any) -> None:
+        counts["update"] += 1
+        update(*args)
+
+    monkeypatch.setattr(_fastpath, "_insert", counted_insert)
+    monkeypatch.setattr(_fastpath, "_update", counted_update)
+    return counts

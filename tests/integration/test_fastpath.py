@@ -14,31 +14,12 @@ import pytest
 from sqlalchemy import ForeignKey, Integer, String, event, inspect, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from asyncdal import Database, DatabaseSettings, _fastpath
+from asyncdal import Database, DatabaseSettings
 from asyncdal.errors import StaleVersionError
 from asyncdal.models import Post, User
 from asyncdal.uow import State
 from asyncdal.users import UserUnitOfWork
 from tests.support import Backend
-
-
-@pytest.fixture
-def taken(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How many INSERTs and UPDATE runs the fast paths sent."""
-    counts = {"insert": 0, "update": 0}
-    insert, update = _fastpath._insert, _fastpath._update
-
-    def counted_insert(*args: Any) -> None:
-        counts["insert"] += 1
-        insert(*args)
-
-    def counted_update(*args: Any) -> None:
-        counts["update"] += 1
-        update(*args)
-
-    monkeypatch.setattr(_fastpath, "_insert", counted_insert)
-    monkeypatch.setattr(_fastpath, "_update", counted_update)
-    return counts
 
 
 @pytest.fixture

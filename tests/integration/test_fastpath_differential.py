@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, event
 
-from asyncdal import Database, DatabaseSettings, _fastpath, models
+from asyncdal import Database, DatabaseSettings, models
 from asyncdal.migrations import upgrade
 from asyncdal.users import UserUnitOfWork
 from tests.conftest import clean
@@ -51,25 +51,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(models, "datetime", fake)
     return fake
-
-
-@pytest.fixture
-def taken(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How often each fast path ran (so that the comparison is not between two flushes)."""
-    counts = {"insert": 0, "update": 0}
-    insert, update = _fastpath._insert, _fastpath._update
-
-    def counted_insert(*args: Any) -> None:
-        counts["insert"] += 1
-        insert(*args)
-
-    def counted_update(*args: Any) -> None:
-        counts["update"] += 1
-        update(*args)
-
-    monkeypatch.setattr(_fastpath, "_insert", counted_insert)
-    monkeypatch.setattr(_fastpath, "_update", counted_update)
-    return counts
 
 
 @pytest.fixture(scope="module")

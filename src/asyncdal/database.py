@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar, cast, get_args, overload
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool import Pool
 
 from ._nodes import Node, nodes, sessions
 from ._observer import Observer, ping, pool_metrics
@@ -50,15 +50,13 @@ class PoolStatus:
 
 
 def _pool_status(pool: Pool) -> PoolStatus:
-    if isinstance(pool, QueuePool):
-        return PoolStatus(
-            size=pool.size(),
-            checked_out=pool.checkedout(),
-            checked_in=pool.checkedin(),
-            overflow=max(0, pool.overflow()),
-        )
-    # StaticPool (in-memory SQLite) and NullPool keep no count of checkouts.
-    return PoolStatus(size=1, checked_out=0, checked_in=0, overflow=0)
+    metrics = pool_metrics(pool)
+    return PoolStatus(
+        size=metrics.size,
+        checked_out=metrics.checked_out,
+        checked_in=metrics.idle,
+        overflow=metrics.overflow,
+    )
 
 
 class Database(Generic[U]):
@@ -376,9 +374,7 @@ class Database(Generic[U]):
             >>> {name: s.checked_out for name, s in db.pool_statuses().items()}  # doctest: +SKIP
             {'primary': 0, 'replica1': 1, 'replica2': 0}
         """
-        if not self._nodes:
-            return {"primary": self.pool_status()}
-        return {node.name: _pool_status(node.engine.pool) for node in self._nodes}
+        return {name: _pool_status(engine.pool) for name, engine in self.engines.items()}
 
     @property
     def engines(self) -> dict[str, AsyncEngine]:
@@ -425,10 +421,7 @@ class Database(Generic[U]):
             >>> db.metrics().units_of_work.committed  # doctest: +SKIP
             1042
         """
-        if not self._nodes:
-            pools = {"primary": pool_metrics(self._engine.pool)}
-        else:
-            pools = {node.name: pool_metrics(node.engine.pool) for node in self._nodes}
+        pools = {name: pool_metrics(engine.pool) for name, engine in self.engines.items()}
         return self._observer.snapshot(pools)
 
     async def dispose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline for others' work, not for this call

@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from asyncdal import DatabaseSettings
 from examples.service.app import create_app
 from tests._figures import Figures
 from tests.conftest import clean
-from tests.support import Backend
+from tests.support import Backend, create_pg_database, drop_pg_database
 
 #: Goes into every PostgreSQL URL the service gets (trust auth ignores it): it must never show.
 PASSWORD = "s3cret-pw-9"
@@ -62,6 +63,19 @@ async def serving(app: FastAPI, **transport: Any) -> AsyncIterator[httpx.AsyncCl
         asgi = httpx.ASGITransport(app=app, **transport)
         async with httpx.AsyncClient(transport=asgi, base_url="http://service") as client:
             yield client
+
+
+@pytest.fixture
+async def empty_url(backend: Backend, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database of the backend's kind that the test may migrate, downgrade or break."""
+    if backend.name == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
+        return
+    url = await create_pg_database("asyncdal_service")
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
 
 
 @pytest.fixture

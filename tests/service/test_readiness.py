@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 from sqlalchemy.engine import make_url
 
 from asyncdal import Database, DatabaseSettings
@@ -16,24 +14,11 @@ from asyncdal.migrations import downgrade, upgrade
 from examples.service.app import create_app
 from tests.faults._cluster import terminate
 from tests.service.conftest import serving
-from tests.support import Backend, create_pg_database, drop_pg_database, pg_admin_dsn
+from tests.support import Backend, pg_admin_dsn
 
 
-@pytest.fixture
-async def own_url(backend: Backend, tmp_path: Path) -> AsyncIterator[str]:
-    """An empty database of the backend's kind that this test may break."""
-    if backend.name == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'ready.db'}"
-        return
-    url = await create_pg_database("asyncdal_ready")
-    try:
-        yield url
-    finally:
-        await drop_pg_database(url)
-
-
-async def test_readyz_is_503_while_the_schema_is_behind_head(own_url: str, app_name: str) -> None:
-    app = create_app(DatabaseSettings(own_url, application_name=app_name))
+async def test_readyz_is_503_while_the_schema_is_behind_head(empty_url: str, app_name: str) -> None:
+    app = create_app(DatabaseSettings(empty_url, application_name=app_name))
     async with serving(app) as client:
         ready = await client.get("/readyz")
         assert (ready.status_code, ready.json()["ready"]) == (200, True)
@@ -45,12 +30,12 @@ async def test_readyz_is_503_while_the_schema_is_behind_head(own_url: str, app_n
 
 
 async def test_readyz_is_503_while_the_database_cannot_be_reached(
-    backend: Backend, own_url: str, app_name: str
+    backend: Backend, empty_url: str, app_name: str
 ) -> None:
-    app = create_app(DatabaseSettings(own_url, application_name=app_name, connect_timeout=2))
+    app = create_app(DatabaseSettings(empty_url, application_name=app_name, connect_timeout=2))
     async with serving(app) as client:
         assert (await client.get("/readyz")).status_code == 200
-        async with _unreachable(backend, own_url, app_name, app.state.db):
+        async with _unreachable(backend, empty_url, app_name, app.state.db):
             down = await client.get("/readyz")
             assert (down.status_code, down.headers["Retry-After"]) == (503, "1")
             assert (await client.get("/healthz")).status_code == 200

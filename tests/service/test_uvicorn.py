@@ -8,8 +8,7 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import asyncpg
 import httpx
@@ -18,24 +17,11 @@ from sqlalchemy.engine import make_url
 
 from tests.faults._cluster import backend_pids
 from tests.service._uvicorn import Uvicorn, mixed_workload
-from tests.support import Backend, create_pg_database, drop_pg_database, pg_admin_dsn
+from tests.support import Backend, pg_admin_dsn
 
 pytestmark = pytest.mark.slow
 
 CLIENTS, REQUESTS, IN_FLIGHT = 64, 20, 8
-
-
-@pytest.fixture
-async def database_url(backend: Backend, tmp_path: Path) -> AsyncIterator[str]:
-    """An empty database of the backend's kind, for the service to migrate."""
-    if backend.name == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
-        return
-    url = await create_pg_database("asyncdal_service")
-    try:
-        yield url
-    finally:
-        await drop_pg_database(url)
 
 
 async def _rows(url: str) -> dict[int, int]:
@@ -83,10 +69,10 @@ class Blocker:
 
 
 async def test_uvicorn_serves_a_mixed_load_then_shuts_down_gracefully_on_sigterm(
-    backend: Backend, database_url: str, figure: Callable[[str], None]
+    backend: Backend, empty_url: str, figure: Callable[[str], None]
 ) -> None:
     app_name = f"asyncdal-uvicorn-{uuid.uuid4().hex[:8]}"
-    server = Uvicorn(database_url, app_name)
+    server = Uvicorn(empty_url, app_name)
     try:
         await server.ready()
         load = await mixed_workload(server.base_url, CLIENTS, REQUESTS)
@@ -99,11 +85,11 @@ async def test_uvicorn_serves_a_mixed_load_then_shuts_down_gracefully_on_sigterm
         )
         assert total == CLIENTS * REQUESTS
         assert load.server_errors == 0, load.statuses
-        assert await _rows(database_url) == load.ages
+        assert await _rows(empty_url) == load.ages
 
         # SIGTERM with requests in flight, held back by a lock from outside.
         targets = sorted(load.ages)[:IN_FLIGHT]
-        blocker = Blocker(database_url)
+        blocker = Blocker(empty_url)
         await blocker.hold(targets)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as http:
             if backend.name == "sqlite":
@@ -125,7 +111,7 @@ async def test_uvicorn_serves_a_mixed_load_then_shuts_down_gracefully_on_sigterm
         finished = time.monotonic() - terminated
         output = await asyncio.to_thread(server.finish)
         exited = time.monotonic() - terminated
-        left = await _backends_left(backend, database_url, app_name)
+        left = await _backends_left(backend, empty_url, app_name)
         statuses = sorted(response.status_code for response in responses)
         figure(
             f"{backend.name}: SIGTERM with {metrics} units of work in flight; "
@@ -144,7 +130,7 @@ async def test_uvicorn_serves_a_mixed_load_then_shuts_down_gracefully_on_sigterm
         assert "0 units of work in flight, 0 finished, 0 cancelled" in output
         assert "database disposed; connections still checked out: {'primary': 0}" in output
         assert left == 0
-        rows = await _rows(database_url)
+        rows = await _rows(empty_url)
         assert len(rows) == len(load.ages) + (IN_FLIGHT if backend.name == "sqlite" else 0)
     finally:
         if server.process.poll() is None:

@@ -21,9 +21,9 @@ def driver_of(sync_session: Session) -> Any:
     return sync_session.connection().connection.driver_connection
 
 
-def driver_closed(sync_session: Session) -> bool:
-    """True when the driver knows the server closed this session's connection (asyncpg)."""
-    is_closed = getattr(driver_of(sync_session), "is_closed", None)
+def driver_closed(driver: Any) -> bool:
+    """True when the driver connection (``driver_of()``) knows the server closed it (asyncpg)."""
+    is_closed = getattr(driver, "is_closed", None)
     return bool(is_closed()) if callable(is_closed) else False
 
 

@@ -327,11 +327,11 @@ class UnitOfWork:
                 _fastpath.flush(sync_session)  # column-only UPDATEs without the flush's machinery
             else:
                 sync_session.flush()
-            if not driver_closed(sync_session):
+            driver = driver_of(sync_session)
+            if not driver_closed(driver):
                 # A connection the server already closed cannot have sent COMMIT: that failure
                 # stays a plain (retryable) lost connection.
                 phase = "commit"
-            driver = driver_of(sync_session)
             sync_session.commit()
             # Left by asyncdal's asyncpg connection at COMMIT when replicas are configured.
             # Read at once: the connection went back to the pool inside commit(), but no other
